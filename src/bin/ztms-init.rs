@@ -1,0 +1,3 @@
+fn main() {
+    ztms::init::main();
+}

@@ -1,0 +1,108 @@
+//! `ztms`: the host tool. Builds appliance images, boots them under QEMU and
+//! reads their status.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "ztms", version, about = "Build and run immutable, zero-trust media server appliances")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a disk image (raw and qcow2) and its manifest from a definition.
+    Build {
+        /// Appliance definition, for example images/media-server.toml.
+        definition: PathBuf,
+        /// Directory that receives <name>.raw, <name>.qcow2 and manifest.json.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        #[command(flatten)]
+        common: BuildFlags,
+    },
+    /// Boot an image (or a definition, built first) under QEMU.
+    Run(ztms::run::RunArgs),
+    /// Print the configuration reference generated from the schema.
+    ConfigDocs,
+    /// Check a definition and print the resolved values as JSON.
+    Check {
+        definition: PathBuf,
+    },
+}
+
+/// Flags shared by the commands that build.
+#[derive(Debug, clap::Args)]
+struct BuildFlags {
+    /// Cache of base trees and work files [default: $XDG_CACHE_HOME/ztms or ~/.cache/ztms].
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// ztms-init binary to install [default: ztms-init beside this program].
+    #[arg(long)]
+    init: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("ztms: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Build { definition, out, common } => {
+            let loaded = ztms::config::load(&definition).map_err(|e| e.to_string())?;
+            let options = build_options(&out, &common)?;
+            let report = ztms::build::build(&loaded, &options).map_err(|e| e.to_string())?;
+            print_report(&out, &report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => ztms::run::execute(args).map_err(|e| e.to_string()),
+        Command::ConfigDocs => {
+            print!("{}", ztms::config::docs::render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { definition } => {
+            let loaded = ztms::config::load(&definition).map_err(|e| e.to_string())?;
+            let json = serde_json::to_string_pretty(&loaded.definition).map_err(|e| e.to_string())?;
+            println!("{json}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn build_options(out: &Path, flags: &BuildFlags) -> Result<ztms::build::BuildOptions, String> {
+    let init_binary = match &flags.init {
+        Some(path) => path.clone(),
+        None => ztms::run::sibling_binary("ztms-init")?,
+    };
+    Ok(ztms::build::BuildOptions {
+        out_dir: out.to_path_buf(),
+        cache_dir: flags.cache.clone().unwrap_or_else(ztms::run::default_cache_dir),
+        init_binary,
+        source_date_epoch: ztms::run::source_date_epoch()?,
+    })
+}
+
+fn print_report(out: &Path, report: &ztms::build::BuildReport) {
+    let total: f64 = report.steps.iter().map(|(_, d)| d.as_secs_f64()).sum();
+    println!("built in {total:.1} s (base tree {})", if report.base_reused { "from cache" } else { "built" });
+    for artifact in &report.artifacts {
+        println!(
+            "  {:<28} {:>8.1} MiB  sha256 {}",
+            out.join(&artifact.file).display(),
+            artifact.size as f64 / f64::from(1 << 20),
+            artifact.sha256
+        );
+    }
+    println!("  root filesystem {:.1} MiB, verity root hash {}", report.root_size as f64 / f64::from(1 << 20), report.root_hash);
+}

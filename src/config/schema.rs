@@ -1,0 +1,435 @@
+//! The appliance definition: every key, its default and its documentation.
+//!
+//! This file is the one declaration of each setting. `docs/config.md` is
+//! generated from the JSON schema that these types derive (`ztms config-docs`),
+//! and a test checks that the committed page matches.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::size::ByteSize;
+
+/// An appliance definition, read from `images/<name>.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    /// Name, version and description of the appliance.
+    pub image: ImageInfo,
+    /// Debian base system of the root filesystem.
+    #[serde(default)]
+    pub base: Base,
+    /// Kernel package and command line.
+    #[serde(default)]
+    pub kernel: Kernel,
+    /// Sizes of the partitions written by `ztms build`.
+    #[serde(default)]
+    pub disk: Disk,
+    /// Network segments: one bridge and one subnet each.
+    #[serde(default = "default_segments", rename = "segment")]
+    pub segments: Vec<Segment>,
+    /// Services, each run as an OCI container in its own network namespace.
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+    /// Encrypted data partition.
+    #[serde(default)]
+    pub storage: Storage,
+    /// Update bundles and their signing key.
+    #[serde(default)]
+    pub update: Update,
+    /// Debug access for test images. Production images leave every key off.
+    #[serde(default)]
+    pub debug: Debug,
+}
+
+/// Identity of the appliance.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    /// Appliance name: lowercase letters, digits and `-`. It names the output
+    /// files and prefixes the GPT partition labels.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Version written to the manifest, os-release and the boot entry;
+    /// updates only move to a greater version.
+    pub version: String,
+    /// One line shown by `ztms status` and in os-release.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Debian base system.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    /// Debian suite passed to mmdebstrap.
+    #[serde(default = "default_suite")]
+    pub suite: String,
+    /// Debian mirror URL passed to mmdebstrap.
+    #[serde(default = "default_mirror")]
+    pub mirror: String,
+    /// Extra Debian packages installed in the root filesystem.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Directories laid over the root filesystem in order, relative to the
+    /// definition file.
+    #[serde(default)]
+    #[schemars(with = "Vec<PathBuf>")]
+    pub overlays: Vec<Spanned<PathBuf>>,
+    /// Hostname set at boot; defaults to the image name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+impl Default for Base {
+    fn default() -> Self {
+        Self {
+            suite: default_suite(),
+            mirror: default_mirror(),
+            packages: Vec::new(),
+            overlays: Vec::new(),
+            hostname: None,
+        }
+    }
+}
+
+/// Kernel and its command line.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Debian package (or metapackage) that provides the kernel image and modules.
+    #[serde(default = "default_kernel_package")]
+    pub package: String,
+    /// Extra kernel command-line arguments, appended after the ones ztms sets.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Module directories under `kernel/` left out of the root filesystem, to
+    /// keep the image small.
+    #[serde(default = "default_module_exclude")]
+    pub module_exclude: Vec<String>,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            package: default_kernel_package(),
+            cmdline: Vec::new(),
+            module_exclude: default_module_exclude(),
+        }
+    }
+}
+
+/// Partition sizes. Sizes take a number of bytes or a string with a
+/// K, M or G suffix (powers of 1024).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// EFI system partition, holding systemd-boot and one UKI per slot.
+    #[serde(default = "default_esp_size")]
+    #[schemars(with = "String")]
+    pub esp: Spanned<ByteSize>,
+    /// Each of the two root slots (EROFS plus its dm-verity hash tree).
+    #[serde(default = "default_root_size")]
+    #[schemars(with = "String")]
+    pub root: Spanned<ByteSize>,
+    /// Data partition as written in the image; the appliance grows it to the
+    /// end of the disk at first boot.
+    #[serde(default = "default_data_size")]
+    #[schemars(with = "String")]
+    pub data: Spanned<ByteSize>,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Self {
+            esp: default_esp_size(),
+            root: default_root_size(),
+            data: default_data_size(),
+        }
+    }
+}
+
+/// A network segment: a bridge with its own IPv4 subnet.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    /// Segment name, used by services' `segment` key.
+    pub name: String,
+    /// IPv4 subnet in CIDR notation, for example `10.80.1.0/24`.
+    pub subnet: String,
+}
+
+/// A service: one OCI container with its own network namespace and address.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Service name: lowercase letters, digits and `-`.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Debian packages that provide the service; they are installed in the
+    /// root filesystem, which the container sees read-only.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// OCI image archive (docker-save tar or oci-archive) or OCI layout
+    /// directory, relative to the definition file. Excludes `packages`.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub oci: Option<Spanned<PathBuf>>,
+    /// Segment the service is attached to.
+    pub segment: String,
+    /// Command and arguments run in the container.
+    pub command: Vec<String>,
+    /// User and group as `UID:GID`.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// Ports the service listens on.
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Directories of `/data` bound into the container.
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    /// Services that must be healthy before this one starts.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Where the service may send traffic outside the appliance.
+    #[serde(default)]
+    pub egress: Egress,
+    /// Health check; without one, a running process counts as healthy.
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// Other services this one may connect to, as `service:port/proto`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Named exceptions to the default container policy, each with a reason.
+    #[serde(default)]
+    pub exceptions: Vec<Exception>,
+}
+
+/// A port a service listens on, and whether the uplink reaches it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    /// Port inside the service's network namespace.
+    pub port: u16,
+    /// Transport protocol.
+    #[serde(default)]
+    pub proto: Proto,
+    /// Port on the uplink that forwards to this one. Only published ports
+    /// are reachable from outside the appliance.
+    #[serde(default)]
+    #[schemars(with = "Option<u16>")]
+    pub publish: Option<Spanned<u16>>,
+}
+
+/// Transport protocol of a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A directory of `/data` bound into a container.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Path relative to `/data`, for example `media` or `config/jellyfin`.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Where a service may send traffic outside the appliance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// No traffic leaves the appliance.
+    #[default]
+    None,
+    /// Traffic leaves by the uplink.
+    Internet,
+    /// Traffic leaves only inside the VPN tunnel and is dropped while it is down.
+    Vpn,
+}
+
+/// A protocol-level health check.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum Health {
+    /// An HTTP GET that must return a 2xx or 3xx status.
+    Http {
+        port: u16,
+        #[serde(default = "default_http_path")]
+        path: String,
+        #[serde(default = "default_health_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// A TCP connection that must be accepted.
+    Tcp {
+        port: u16,
+        #[serde(default = "default_health_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// A command run in the container that must exit 0.
+    Command {
+        command: Vec<String>,
+        #[serde(default = "default_health_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+/// An exception to the default container policy.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exception {
+    /// What is allowed: `cap:NAME` (a capability), `device:PATH` (a device
+    /// node), `exec-tmpfs:PATH` (a writable tmpfs that allows execution) or
+    /// `writable:PATH` (a writable tmpfs).
+    pub allow: String,
+    /// Why the service needs it; printed by `ztms audit`.
+    pub reason: String,
+}
+
+/// Encrypted data partition settings.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// How the data partition is unlocked.
+    #[serde(default)]
+    pub unlock: Unlock,
+    /// Format the data partition even when it holds a LUKS header or a
+    /// filesystem. Every byte on it is lost.
+    #[serde(default)]
+    pub wipe: bool,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            unlock: Unlock::Tpm2,
+            wipe: false,
+        }
+    }
+}
+
+/// How the data partition is unlocked at boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unlock {
+    /// A key sealed to the TPM 2.0, with the recovery key as fallback.
+    #[default]
+    Tpm2,
+    /// The recovery key typed on the console.
+    RecoveryKey,
+    /// A key file on removable media.
+    KeyFile,
+}
+
+/// Update bundle settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// Private key that signs update bundles, relative to the definition file.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// Public key embedded in the image to verify bundles.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+}
+
+/// Debug access. A test checks that the default image enables none of it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Debug {
+    /// Serve the status API on a virtio-serial port as well as the unix socket.
+    #[serde(default)]
+    pub status_serial: bool,
+    /// Install the test probe agent that runs commands in service namespaces.
+    #[serde(default)]
+    pub probe: bool,
+}
+
+fn default_suite() -> String {
+    "bookworm".into()
+}
+
+fn default_mirror() -> String {
+    "http://deb.debian.org/debian".into()
+}
+
+fn default_kernel_package() -> String {
+    "linux-image-amd64".into()
+}
+
+fn default_module_exclude() -> Vec<String> {
+    [
+        "drivers/gpu",
+        "drivers/media",
+        "drivers/infiniband",
+        "drivers/staging",
+        "drivers/net/wireless",
+        "drivers/bluetooth",
+        "drivers/isdn",
+        "drivers/iio",
+        "sound",
+        "net/bluetooth",
+        "net/wireless",
+        "net/mac80211",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_esp_size() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(128 << 20))
+}
+
+fn default_root_size() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(1 << 30))
+}
+
+fn default_data_size() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(64 << 20))
+}
+
+fn default_segments() -> Vec<Segment> {
+    [
+        ("frontend", "10.80.1.0/24"),
+        ("backend", "10.80.2.0/24"),
+        ("download", "10.80.3.0/24"),
+        ("monitoring", "10.80.4.0/24"),
+        ("database", "10.80.5.0/24"),
+    ]
+    .map(|(name, subnet)| Segment {
+        name: name.into(),
+        subnet: subnet.into(),
+    })
+    .to_vec()
+}
+
+fn default_user() -> String {
+    "1000:1000".into()
+}
+
+fn default_http_path() -> String {
+    "/".into()
+}
+
+fn default_health_timeout_ms() -> u64 {
+    2000
+}

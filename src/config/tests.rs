@@ -1,0 +1,138 @@
+//! Bad-input tests: each error names the file, line and column, the value
+//! and the fix.
+
+use std::path::Path;
+
+use super::{parse, ConfigError};
+
+fn error_of(text: &str) -> String {
+    match parse(Path::new("images/t.toml"), text.to_string()) {
+        Ok(_) => panic!("definition was accepted:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+const MINIMAL: &str = "[image]\nname = \"t\"\nversion = \"1.0\"\n";
+
+#[test]
+fn minimal_definition_gets_defaults() {
+    let loaded = parse(Path::new("t.toml"), MINIMAL.to_string()).unwrap();
+    assert_eq!(loaded.definition.base.suite, "bookworm");
+    assert_eq!(loaded.definition.segments.len(), 5);
+    assert_eq!(loaded.definition.disk.root.get_ref().bytes(), 1 << 30);
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let error = error_of(&format!("{MINIMAL}\n[base]\nsuit = \"bookworm\"\n"));
+    assert!(error.starts_with("images/t.toml:6:1:"), "{error}");
+    assert!(error.contains("unknown field `suit`"), "{error}");
+    assert!(error.contains("suite"), "the error does not list the valid keys: {error}");
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let error = error_of(&format!("{MINIMAL}\n[base]\npackages = \"nginx\"\n"));
+    assert!(error.starts_with("images/t.toml:6:12:"), "{error}");
+    assert!(error.contains("expected a sequence"), "{error}");
+}
+
+#[test]
+fn missing_overlay_names_path() {
+    let error = error_of(&format!("{MINIMAL}\n[base]\noverlays = [\"no-such-dir\"]\n"));
+    assert!(error.contains("images/t.toml:6:13:"), "{error}");
+    assert!(error.contains("no-such-dir"), "{error}");
+    assert!(error.contains("not found"), "{error}");
+}
+
+#[test]
+fn duplicate_published_port_names_both_services() {
+    let text = format!(
+        "{MINIMAL}
+[[service]]
+name = \"proxy\"
+segment = \"frontend\"
+command = [\"/bin/true\"]
+ports = [{{ port = 443, publish = 443 }}]
+
+[[service]]
+name = \"other\"
+segment = \"frontend\"
+command = [\"/bin/true\"]
+ports = [{{ port = 8443, publish = 443 }}]
+"
+    );
+    let error = error_of(&text);
+    assert!(error.contains("\"proxy\""), "{error}");
+    assert!(error.contains("\"other\""), "{error}");
+    assert!(error.contains("443/tcp"), "{error}");
+    assert!(error.starts_with("images/t.toml:16:"), "{error}");
+}
+
+#[test]
+fn long_name_breaks_label_limit() {
+    let name = "a".repeat(30);
+    let error = error_of(&format!("[image]\nname = \"{name}\"\nversion = \"1\"\n"));
+    assert!(error.starts_with("images/t.toml:2:8:"), "{error}");
+    assert!(error.contains("partition label"), "{error}");
+    assert!(error.contains("at most"), "{error}");
+}
+
+#[test]
+fn small_disk_names_minimum() {
+    let error = error_of(&format!("{MINIMAL}\n[disk]\nesp = \"1M\"\n"));
+    assert!(error.contains("disk.esp = 1M is too small"), "{error}");
+    assert!(error.contains("64M"), "{error}");
+}
+
+#[test]
+fn exception_without_reason_rejected() {
+    let text = format!(
+        "{MINIMAL}
+[[service]]
+name = \"plex\"
+segment = \"frontend\"
+command = [\"/bin/true\"]
+exceptions = [{{ allow = \"cap:CHOWN\", reason = \"\" }}]
+"
+    );
+    let error = error_of(&text);
+    assert!(error.contains("cap:CHOWN"), "{error}");
+    assert!(error.contains("reason"), "{error}");
+}
+
+#[test]
+fn unknown_segment_lists_declared_ones() {
+    let text = format!("{MINIMAL}\n[[service]]\nname = \"x\"\nsegment = \"dmz\"\ncommand = [\"/bin/true\"]\n");
+    let error = error_of(&text);
+    assert!(error.contains("\"dmz\""), "{error}");
+    assert!(error.contains("frontend"), "{error}");
+}
+
+#[test]
+fn every_shipped_image_is_valid() {
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+    for entry in std::fs::read_dir(images).unwrap() {
+        let path = entry.unwrap().path();
+        if let Err(error) = super::load(&path) {
+            panic!("{error}");
+        }
+    }
+}
+
+#[test]
+fn config_docs_match_schema() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == super::docs::render(),
+        "docs/config.md is out of date; regenerate it with `ztms config-docs > docs/config.md`"
+    );
+}
+
+#[test]
+fn read_error_names_path() {
+    let error = super::load(Path::new("/nonexistent/x.toml")).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(error.to_string().contains("/nonexistent/x.toml"));
+}

@@ -1,0 +1,323 @@
+//! Boot blessing for systemd-boot's boot counting: once every service is
+//! healthy, the booted UKI loses its `+LEFT[-DONE]` counter, so
+//! systemd-boot keeps choosing it instead of falling back to the other
+//! slot.
+//!
+//! systemd-boot renames the counted file before it starts the kernel and
+//! stores the new path in the `LoaderBootCountPath` variable; that name is
+//! the one to bless. `LoaderEntrySelected` holds the entry id, the file name
+//! as systemd-boot found it, and serves as a fallback when the first
+//! variable is absent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::{self, MsFlags};
+
+use super::block;
+use crate::build::layout::{self, Role};
+
+/// Vendor GUID of the variables systemd-boot sets (Boot Loader Interface).
+pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+/// Where efivarfs is mounted.
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
+/// Directory of type #2 boot entries (UKIs) on the ESP.
+const UKI_DIRECTORY: &str = "EFI/Linux";
+/// Preferred ESP mount point, used when the root filesystem has it.
+const ESP_MOUNT: &str = "/efi";
+/// ESP mount point on tmpfs when the root filesystem has no `/efi`.
+const ESP_FALLBACK_MOUNT: &str = "/run/ztms/esp";
+
+/// Result of a blessing attempt that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Blessed { old: String, new: String },
+    /// Nothing to do, with the reason.
+    NotCounted(String),
+}
+
+/// A blessing that failed; the boot counter then keeps counting down.
+#[derive(Debug, thiserror::Error)]
+pub enum BlessError {
+    #[error("reading EFI variable {name} failed: {source}")]
+    Variable { name: String, source: std::io::Error },
+    #[error(transparent)]
+    Partition(#[from] block::BlockError),
+    #[error("mounting the ESP {device} on {target} failed: {source}")]
+    Mount { device: PathBuf, target: String, source: nix::Error },
+    #[error("no file in {directory} matches the booted entry {entry:?}")]
+    EntryNotFound { directory: String, entry: String },
+    #[error("cannot bless {old}: {new} already exists on the ESP")]
+    TargetExists { old: String, new: String },
+    #[error("renaming {old} to {new} on the ESP failed: {source}")]
+    Rename { old: String, new: String, source: std::io::Error },
+}
+
+/// Returns `name` without its boot counter (`foo+3.efi` or `foo+2-1.efi`
+/// becomes `foo.efi`), or `None` when it has none. The counter is the text
+/// after the last `+` up to the `.efi` suffix: digits, optionally followed
+/// by `-` and digits, as systemd-boot parses it.
+pub fn strip_boot_counter(name: &str) -> Option<String> {
+    const SUFFIX: &str = ".efi";
+    if name.len() < SUFFIX.len() || !name[name.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX) {
+        return None;
+    }
+    let (stem, suffix) = name.split_at(name.len() - SUFFIX.len());
+    let plus = stem.rfind('+')?;
+    let counter = &stem[plus + 1..];
+    let (left, done) = match counter.split_once('-') {
+        Some((left, done)) => (left, Some(done)),
+        None => (counter, None),
+    };
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits(left) || !done.map_or(true, digits) || plus == 0 {
+        return None;
+    }
+    Some(format!("{}{suffix}", &stem[..plus]))
+}
+
+/// Decodes an efivarfs file that holds a string: 4 bytes of attributes,
+/// then UTF-16LE up to a NUL or the end.
+pub fn decode_string_variable(bytes: &[u8]) -> Option<String> {
+    let data = bytes.get(4..)?;
+    let units: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .take_while(|&unit| unit != 0)
+        .collect();
+    String::from_utf16(&units).ok()
+}
+
+/// Converts an ESP path as the firmware writes it (`\EFI\Linux\x.efi`)
+/// into a path relative to the ESP's mount point.
+pub fn esp_relative(loader_path: &str) -> PathBuf {
+    let parts: Vec<&str> = loader_path.split(['\\', '/']).filter(|part| !part.is_empty()).collect();
+    parts.iter().collect()
+}
+
+fn read_variable(name: &str) -> Result<Option<String>, BlessError> {
+    let path = Path::new(EFIVARS).join(format!("{name}-{LOADER_GUID}"));
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(decode_string_variable(&bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BlessError::Variable {
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// What to rename, found from the boot loader's variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// The exact path on the ESP.
+    Path(PathBuf),
+    /// An entry id whose counted file must be looked up in `EFI/Linux`.
+    Entry(String),
+}
+
+/// Blesses the booted UKI of the appliance `name` if it carries a boot
+/// counter.
+pub fn bless(name: &str) -> Result<Outcome, BlessError> {
+    if !Path::new(EFIVARS).is_dir() {
+        return Ok(Outcome::NotCounted("no EFI variables (not booted through UEFI)".into()));
+    }
+    let target = match read_variable("LoaderBootCountPath")? {
+        Some(path) if !path.is_empty() => Target::Path(esp_relative(&path)),
+        _ => match read_variable("LoaderEntrySelected")? {
+            None => return Ok(Outcome::NotCounted("the boot loader did not set LoaderEntrySelected".into())),
+            Some(entry) if strip_boot_counter(&entry).is_none() => {
+                return Ok(Outcome::NotCounted(format!("the booted entry {entry} has no boot counter")))
+            }
+            Some(entry) => Target::Entry(entry),
+        },
+    };
+    if let Target::Path(path) = &target {
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        if strip_boot_counter(&file).is_none() {
+            return Ok(Outcome::NotCounted(format!("the booted file {file} has no boot counter")));
+        }
+    }
+
+    let label = layout::label(name, Role::Esp);
+    let partition = block::wait_for_label(&label, Duration::from_secs(5))?;
+    let mount_point = mount_esp(&partition.node())?;
+    let result = rename_on_esp(&mount_point, &target);
+
+    nix::unistd::sync();
+    if let Err(error) = mount::umount(mount_point.as_str()) {
+        log::warn!("unmounting the ESP from {mount_point} failed: {error}");
+    }
+    result
+}
+
+fn mount_esp(device: &Path) -> Result<String, BlessError> {
+    let target = if Path::new(ESP_MOUNT).is_dir() {
+        ESP_MOUNT.to_string()
+    } else {
+        let _ = std::fs::create_dir_all(ESP_FALLBACK_MOUNT);
+        ESP_FALLBACK_MOUNT.to_string()
+    };
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // Debian's kernels default to iocharset=utf8, whose module the image may
+    // lack; the file names ztms writes are ASCII, so Latin-1 is enough.
+    let with_charset = mount::mount(
+        Some(device),
+        target.as_str(),
+        Some("vfat"),
+        flags,
+        Some("umask=0077,codepage=437,iocharset=iso8859-1"),
+    );
+    let result = match with_charset {
+        Ok(()) => Ok(()),
+        Err(_) => mount::mount(Some(device), target.as_str(), Some("vfat"), flags, Some("umask=0077")),
+    };
+    result.map_err(|source| BlessError::Mount {
+        device: device.to_path_buf(),
+        target: target.clone(),
+        source,
+    })?;
+    Ok(target)
+}
+
+fn rename_on_esp(mount_point: &str, target: &Target) -> Result<Outcome, BlessError> {
+    let old_path = match target {
+        Target::Path(path) => Path::new(mount_point).join(path),
+        Target::Entry(entry) => find_counted(mount_point, entry)?,
+    };
+    let old = old_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let Some(new) = strip_boot_counter(&old) else {
+        return Ok(Outcome::NotCounted(format!("the booted file {old} has no boot counter")));
+    };
+    let new_path = old_path.with_file_name(&new);
+    if new_path.exists() {
+        return Err(BlessError::TargetExists { old, new });
+    }
+
+    std::fs::rename(&old_path, &new_path).map_err(|source| BlessError::Rename {
+        old: old.clone(),
+        new: new.clone(),
+        source,
+    })?;
+    if let Some(directory) = new_path.parent() {
+        if let Err(error) = std::fs::File::open(directory).and_then(|d| d.sync_all()) {
+            log::warn!("syncing {} failed: {error}", directory.display());
+        }
+    }
+    Ok(Outcome::Blessed { old, new })
+}
+
+/// Finds the file in `EFI/Linux` whose name without counter equals the
+/// entry's, because systemd-boot renamed it after choosing it.
+fn find_counted(mount_point: &str, entry: &str) -> Result<PathBuf, BlessError> {
+    let directory = Path::new(mount_point).join(UKI_DIRECTORY);
+    let wanted = strip_boot_counter(entry).unwrap_or_else(|| entry.to_string());
+    let not_found = || BlessError::EntryNotFound {
+        directory: directory.display().to_string(),
+        entry: entry.to_string(),
+    };
+    let entries = std::fs::read_dir(&directory).map_err(|_| not_found())?;
+    for file in entries.flatten() {
+        let name = file.file_name().to_string_lossy().into_owned();
+        let stripped = strip_boot_counter(&name);
+        if stripped.is_some_and(|stripped| stripped.eq_ignore_ascii_case(&wanted)) {
+            return Ok(file.path());
+        }
+    }
+    Err(not_found())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_with_done_is_stripped() {
+        assert_eq!(strip_boot_counter("ztms-1.0+2-1.efi").as_deref(), Some("ztms-1.0.efi"));
+    }
+
+    #[test]
+    fn counter_without_done_is_stripped() {
+        assert_eq!(strip_boot_counter("ztms-1.0+3.efi").as_deref(), Some("ztms-1.0.efi"));
+    }
+
+    #[test]
+    fn exhausted_counter_is_stripped() {
+        assert_eq!(strip_boot_counter("ztms-1.0+0-3.efi").as_deref(), Some("ztms-1.0.efi"));
+    }
+
+    #[test]
+    fn uncounted_name_is_none() {
+        assert_eq!(strip_boot_counter("ztms-1.0.efi"), None);
+    }
+
+    #[test]
+    fn plus_in_version_is_not_a_counter() {
+        assert_eq!(strip_boot_counter("ztms-1.0+build.efi"), None);
+        assert_eq!(strip_boot_counter("ztms-1.0+build+1.efi").as_deref(), Some("ztms-1.0+build.efi"));
+    }
+
+    #[test]
+    fn suffix_is_case_insensitive() {
+        assert_eq!(strip_boot_counter("ZTMS+1.EFI").as_deref(), Some("ZTMS.EFI"));
+    }
+
+    #[test]
+    fn counter_needs_digits() {
+        assert_eq!(strip_boot_counter("ztms+.efi"), None);
+        assert_eq!(strip_boot_counter("ztms+1-.efi"), None);
+        assert_eq!(strip_boot_counter("+1.efi"), None);
+    }
+
+    #[test]
+    fn string_variable_is_decoded() {
+        let mut bytes = vec![6, 0, 0, 0];
+        for unit in "ztms-1.0+2-1.efi".encode_utf16().chain([0]) {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
+        assert_eq!(decode_string_variable(&bytes).as_deref(), Some("ztms-1.0+2-1.efi"));
+    }
+
+    #[test]
+    fn short_variable_is_none() {
+        assert_eq!(decode_string_variable(&[1, 2]), None);
+    }
+
+    #[test]
+    fn loader_path_becomes_relative() {
+        assert_eq!(esp_relative("\\EFI\\Linux\\ztms-1.0+2-1.efi"), PathBuf::from("EFI/Linux/ztms-1.0+2-1.efi"));
+    }
+
+    #[test]
+    fn rename_finds_counted_file_by_entry() {
+        let esp = tempfile::tempdir().unwrap();
+        let directory = esp.path().join(UKI_DIRECTORY);
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("ztms-1.0+2-1.efi"), b"uki").unwrap();
+        std::fs::write(directory.join("ztms-0.9.efi"), b"old").unwrap();
+
+        let mount_point = esp.path().to_str().unwrap();
+        let outcome = rename_on_esp(mount_point, &Target::Entry("ztms-1.0+3.efi".into())).unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Blessed {
+                old: "ztms-1.0+2-1.efi".into(),
+                new: "ztms-1.0.efi".into()
+            }
+        );
+        assert!(directory.join("ztms-1.0.efi").is_file());
+        assert!(!directory.join("ztms-1.0+2-1.efi").exists());
+    }
+
+    #[test]
+    fn rename_refuses_to_overwrite() {
+        let esp = tempfile::tempdir().unwrap();
+        let directory = esp.path().join(UKI_DIRECTORY);
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("a+1.efi"), b"new").unwrap();
+        std::fs::write(directory.join("a.efi"), b"other").unwrap();
+        let target = Target::Path(PathBuf::from("EFI/Linux/a+1.efi"));
+        let result = rename_on_esp(esp.path().to_str().unwrap(), &target);
+        assert!(matches!(result, Err(BlessError::TargetExists { .. })));
+    }
+}

@@ -1,0 +1,337 @@
+//! The read-only status API: a unix socket that answers one request per
+//! connection, and in test images a virtio-serial port that answers any
+//! number. Both are non-blocking and served from the main loop.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::status::{ErrorReply, Status, REQUEST};
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 256;
+/// Time a client has to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// Pause before polling a serial port again after the host side closed it,
+/// because a closed port reports POLLHUP continuously.
+const SERIAL_RETRY: Duration = Duration::from_secs(1);
+
+/// Returns the reply line, newline included, to one request line.
+pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
+    let request = request.trim();
+    let body = if request == REQUEST {
+        serde_json::to_string(&status())
+    } else {
+        let shown: String = request.chars().take(40).collect();
+        serde_json::to_string(&ErrorReply {
+            error: format!("unknown request {shown:?}; send \"{REQUEST}\""),
+        })
+    };
+    match body {
+        Ok(mut line) => {
+            line.push('\n');
+            line
+        }
+        Err(error) => format!("{{\"error\": \"encoding the status failed: {error}\"}}\n"),
+    }
+}
+
+/// Splits complete lines off the front of `buffer`.
+pub fn take_lines(buffer: &mut Vec<u8>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buffer.drain(..=end).collect();
+        lines.push(String::from_utf8_lossy(&line[..end]).into_owned());
+    }
+    lines
+}
+
+#[derive(Debug)]
+struct Connection {
+    stream: UnixStream,
+    buffer: Vec<u8>,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct SerialPort {
+    path: PathBuf,
+    file: std::fs::File,
+    buffer: Vec<u8>,
+    /// While set, the host side is closed and the port is not polled.
+    paused_until: Option<Instant>,
+}
+
+/// The socket listener, its open connections and the serial port.
+#[derive(Debug, Default)]
+pub struct StatusServer {
+    listener: Option<UnixListener>,
+    connections: Vec<Connection>,
+    serial: Option<SerialPort>,
+}
+
+impl StatusServer {
+    /// Binds the unix socket at `path`, readable by root only.
+    pub fn bind(&mut self, path: &Path) -> io::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        self.listener = Some(listener);
+        Ok(())
+    }
+
+    /// Opens the virtio-serial port named `name` if the device exists.
+    /// Returns false when it does not exist (yet).
+    pub fn open_serial(&mut self, name: &str) -> bool {
+        if self.serial.is_some() {
+            return true;
+        }
+        let Some(path) = find_virtio_port(Path::new("/sys/class/virtio-ports"), name) else {
+            return false;
+        };
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(&path);
+        match opened {
+            Ok(file) => {
+                log::info!("serving the status on {} ({name})", path.display());
+                self.serial = Some(SerialPort {
+                    path,
+                    file,
+                    buffer: Vec::new(),
+                    paused_until: None,
+                });
+                true
+            }
+            Err(error) => {
+                log::warn!("opening status port {} failed: {error}", path.display());
+                false
+            }
+        }
+    }
+
+    /// Returns the file descriptors to poll for reading.
+    pub fn poll_fds(&self, now: Instant) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.listener.iter().map(AsRawFd::as_raw_fd).collect();
+        fds.extend(self.connections.iter().map(|c| c.stream.as_raw_fd()));
+        if let Some(serial) = &self.serial {
+            if serial.paused_until.is_none_or(|until| until <= now) {
+                fds.push(serial.file.as_raw_fd());
+            }
+        }
+        fds
+    }
+
+    /// Returns the earliest time at which a connection times out or the
+    /// serial port is polled again.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let connections = self.connections.iter().map(|c| c.deadline);
+        let serial = self.serial.as_ref().and_then(|s| s.paused_until);
+        connections.chain(serial).min()
+    }
+
+    /// Serves whatever `fd` has ready.
+    pub fn on_fd_ready(&mut self, fd: RawFd, revents: i16, now: Instant, status: &dyn Fn() -> Status) {
+        if self.listener.as_ref().is_some_and(|l| l.as_raw_fd() == fd) {
+            self.accept(now);
+            return;
+        }
+        if let Some(position) = self.connections.iter().position(|c| c.stream.as_raw_fd() == fd) {
+            if self.serve_connection(position, status) {
+                self.connections.swap_remove(position);
+            }
+            return;
+        }
+        if self.serial.as_ref().is_some_and(|s| s.file.as_raw_fd() == fd) {
+            self.serve_serial(revents, now, status);
+        }
+    }
+
+    /// Closes connections whose request did not arrive in time.
+    pub fn expire(&mut self, now: Instant) {
+        self.connections.retain(|connection| connection.deadline > now);
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        while self.connections.len() < MAX_CONNECTIONS {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.connections.push(Connection {
+                            stream,
+                            buffer: Vec::new(),
+                            deadline: now + REQUEST_TIMEOUT,
+                        });
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    log::warn!("accepting a status connection failed: {error}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads from a connection and replies once its line is complete.
+    /// Returns true when the connection is finished.
+    fn serve_connection(&mut self, position: usize, status: &dyn Fn() -> Status) -> bool {
+        let connection = &mut self.connections[position];
+        let mut chunk = [0u8; MAX_REQUEST];
+        match connection.stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(count) => connection.buffer.extend_from_slice(&chunk[..count]),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+        let Some(line) = take_lines(&mut connection.buffer).into_iter().next() else {
+            return connection.buffer.len() > MAX_REQUEST;
+        };
+        // The reply is a few kilobytes and the socket buffer is empty, so
+        // one write normally takes it all; a client that does not read
+        // loses the rest.
+        let _ = connection.stream.write_all(reply(&line, status).as_bytes());
+        true
+    }
+
+    fn serve_serial(&mut self, revents: i16, now: Instant, status: &dyn Fn() -> Status) {
+        let Some(serial) = &mut self.serial else {
+            return;
+        };
+        let mut chunk = [0u8; MAX_REQUEST];
+        let mut received = false;
+        loop {
+            match serial.file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(count) => {
+                    received = true;
+                    serial.buffer.extend_from_slice(&chunk[..count]);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    log::debug!("reading status port {} failed: {error}", serial.path.display());
+                    break;
+                }
+            }
+        }
+        if !received && revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            serial.paused_until = Some(now + SERIAL_RETRY);
+            return;
+        }
+        serial.paused_until = None;
+        for line in take_lines(&mut serial.buffer) {
+            if let Err(error) = serial.file.write_all(reply(&line, status).as_bytes()) {
+                log::debug!("writing to status port {} failed: {error}", serial.path.display());
+            }
+        }
+        if serial.buffer.len() > MAX_REQUEST {
+            serial.buffer.clear();
+        }
+    }
+}
+
+/// Finds `/dev/vportNpM` of the virtio-serial port named `name`.
+pub fn find_virtio_port(sys_class: &Path, name: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(sys_class).ok()?;
+    for entry in entries.flatten() {
+        let Ok(port_name) = std::fs::read_to_string(entry.path().join("name")) else {
+            continue;
+        };
+        if port_name.trim() == name {
+            return Some(Path::new("/dev").join(entry.file_name()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            name: "media".into(),
+            version: "1".into(),
+            slot: "a".into(),
+            phases: Vec::new(),
+            services: Vec::new(),
+            ready: false,
+            uptime_ms: 5,
+        }
+    }
+
+    #[test]
+    fn status_request_gets_status_json() {
+        let line = reply("status\r\n", &sample);
+        assert!(line.ends_with('\n'));
+        let parsed: Status = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed, sample());
+    }
+
+    #[test]
+    fn other_request_gets_error() {
+        let line = reply("reboot", &sample);
+        let parsed: ErrorReply = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed.error, "unknown request \"reboot\"; send \"status\"");
+    }
+
+    #[test]
+    fn take_lines_keeps_partial_rest() {
+        let mut buffer = b"status\nsta".to_vec();
+        assert_eq!(take_lines(&mut buffer), ["status"]);
+        assert_eq!(buffer, b"sta");
+    }
+
+    #[test]
+    fn virtio_port_is_found_by_name() {
+        let sys = tempfile::tempdir().unwrap();
+        for (port, name) in [("vport0p1", "org.qemu.guest_agent.0"), ("vport1p1", "org.ztms.status")] {
+            std::fs::create_dir(sys.path().join(port)).unwrap();
+            std::fs::write(sys.path().join(port).join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(find_virtio_port(sys.path(), "org.ztms.status"), Some(PathBuf::from("/dev/vport1p1")));
+        assert_eq!(find_virtio_port(sys.path(), "missing"), None);
+    }
+
+    #[test]
+    fn socket_serves_one_request() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("status.sock");
+        let mut server = StatusServer::default();
+        server.bind(&path).unwrap();
+
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || crate::status::query_unix(&path)
+        });
+        let started = Instant::now();
+        while !client.is_finished() && started.elapsed() < Duration::from_secs(5) {
+            let now = Instant::now();
+            for fd in server.poll_fds(now) {
+                server.on_fd_ready(fd, libc::POLLIN, now, &sample);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = client.join().unwrap().unwrap();
+        assert_eq!(status, sample());
+    }
+}

@@ -1,0 +1,671 @@
+//! The supervisor: starts services in dependency order, checks their
+//! health, restarts them with backoff, and owns the pid table that the
+//! reaper dispatches exit statuses to.
+//!
+//! Everything here runs on the main loop's thread. The loop calls
+//! [`Supervisor::tick`] after every wake-up, hands ready file descriptors to
+//! [`Supervisor::on_fd_ready`] and exit statuses to
+//! [`Supervisor::on_child_exit`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use super::backoff::Backoff;
+use super::cgroups;
+use super::health::{NetProbe, Progress};
+use super::logger::SERVICE_OUTPUT;
+use super::output::{LineBuffer, Tail};
+use super::plan::{AppliancePlan, HealthPlan, ServicePlan};
+use super::spawn::{self, SpawnRequest};
+use crate::status::{ServiceState, ServiceStatus};
+
+/// Delay from a start to the first health check.
+const FIRST_CHECK_DELAY: Duration = Duration::from_millis(200);
+/// Interval of checks until a service is healthy for the first time.
+const STARTUP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Interval of checks of a healthy service.
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Failed checks in a row that make a healthy service unhealthy.
+const UNHEALTHY_AFTER: u32 = 3;
+/// Exits in a row, without a long healthy run between them, that are
+/// reported as a crash loop with the service's last output lines.
+const CRASH_LOOP_EXITS: u32 = 3;
+/// Interval of "still not healthy" log lines of a starting service.
+const NOT_HEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Who a child process belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The main process of the service with this index.
+    Service(usize),
+    /// A health check command of the service with this index.
+    HealthCommand(usize),
+}
+
+#[derive(Debug)]
+enum Probe {
+    Net(NetProbe),
+    Command { pid: Pid, deadline: Instant, timeout: Duration },
+}
+
+#[derive(Debug)]
+struct OutputPipe {
+    service: usize,
+    fd: OwnedFd,
+    buffer: LineBuffer,
+}
+
+#[derive(Debug)]
+struct Service {
+    plan: ServicePlan,
+    /// Indices of the services this one depends on.
+    dependencies: Vec<usize>,
+    state: ServiceState,
+    pid: Option<Pid>,
+    started_at: Option<Instant>,
+    healthy: bool,
+    healthy_since: Option<Instant>,
+    restarts: u32,
+    exits_in_a_row: u32,
+    crash_loop_reported: bool,
+    last_exit: Option<String>,
+    backoff: Backoff,
+    restart_at: Option<Instant>,
+    next_check: Option<Instant>,
+    probe: Option<Probe>,
+    failed_checks: u32,
+    last_check_error: Option<String>,
+    last_not_healthy_log: Option<Instant>,
+    tail: Tail,
+    cgroup_procs: Option<File>,
+}
+
+/// Every service and every child process of ztms-init.
+#[derive(Debug)]
+pub struct Supervisor {
+    services: Vec<Service>,
+    owners: HashMap<Pid, Owner>,
+    pipes: Vec<OutputPipe>,
+    use_cgroups: bool,
+    shutting_down: bool,
+}
+
+/// Describes how a process ended, for logs and the status API.
+pub fn describe_exit(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, signal, true) => format!("killed by signal {signal} (core dumped)"),
+        WaitStatus::Signaled(_, signal, false) => format!("killed by signal {signal}"),
+        other => format!("ended with {other:?}"),
+    }
+}
+
+impl Supervisor {
+    /// Prepares the services of `plan`, which lists them in start order.
+    /// `use_cgroups` puts each service into its own cgroup.
+    pub fn new(plan: &AppliancePlan, use_cgroups: bool) -> Self {
+        let index_of: HashMap<&str, usize> = plan
+            .services
+            .iter()
+            .enumerate()
+            .map(|(index, service)| (service.name.as_str(), index))
+            .collect();
+        let services = plan
+            .services
+            .iter()
+            .map(|service| Service {
+                plan: service.clone(),
+                dependencies: service
+                    .depends_on
+                    .iter()
+                    .filter_map(|name| index_of.get(name.as_str()).copied())
+                    .collect(),
+                state: ServiceState::Waiting,
+                pid: None,
+                started_at: None,
+                healthy: false,
+                healthy_since: None,
+                restarts: 0,
+                exits_in_a_row: 0,
+                crash_loop_reported: false,
+                last_exit: None,
+                backoff: Backoff::default(),
+                restart_at: None,
+                next_check: None,
+                probe: None,
+                failed_checks: 0,
+                last_check_error: None,
+                last_not_healthy_log: None,
+                tail: Tail::default(),
+                cgroup_procs: None,
+            })
+            .collect();
+        Self {
+            services,
+            owners: HashMap::new(),
+            pipes: Vec::new(),
+            use_cgroups,
+            shutting_down: false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    pub fn name(&self, index: usize) -> &str {
+        &self.services[index].plan.name
+    }
+
+    /// True when every service is healthy at this moment.
+    pub fn all_healthy(&self) -> bool {
+        self.services.iter().all(|service| service.healthy)
+    }
+
+    /// Returns the status of each service in start order.
+    pub fn statuses(&self) -> Vec<ServiceStatus> {
+        self.services
+            .iter()
+            .map(|service| ServiceStatus {
+                name: service.plan.name.clone(),
+                state: service.state,
+                healthy: service.healthy,
+                restarts: service.restarts,
+                last_exit: service.last_exit.clone(),
+                pid: service.pid.map(Pid::as_raw),
+            })
+            .collect()
+    }
+
+    /// Starts what is due: services whose dependencies are healthy,
+    /// restarts whose backoff ended, and health checks.
+    pub fn tick(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        for index in 0..self.services.len() {
+            match self.services[index].state {
+                ServiceState::Waiting => {
+                    let ready = self.services[index]
+                        .dependencies
+                        .iter()
+                        .all(|&dependency| self.services[dependency].healthy);
+                    if ready {
+                        self.start(index, now);
+                    }
+                }
+                ServiceState::Backoff | ServiceState::SpawnFailed => {
+                    if self.services[index].restart_at.is_some_and(|at| at <= now) {
+                        self.start(index, now);
+                    }
+                }
+                ServiceState::Starting | ServiceState::Running | ServiceState::Unhealthy => {
+                    self.check_due(index, now);
+                }
+                ServiceState::Stopping | ServiceState::Stopped => {}
+            }
+        }
+    }
+
+    /// Returns the earliest time at which [`tick`](Self::tick) has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut deadlines = Vec::new();
+        for service in &self.services {
+            match service.state {
+                ServiceState::Backoff | ServiceState::SpawnFailed => deadlines.extend(service.restart_at),
+                ServiceState::Starting | ServiceState::Running | ServiceState::Unhealthy => match &service.probe {
+                    Some(Probe::Net(probe)) => deadlines.push(probe.deadline),
+                    Some(Probe::Command { deadline, .. }) => deadlines.push(*deadline),
+                    None => deadlines.extend(service.next_check),
+                },
+                _ => {}
+            }
+        }
+        deadlines.into_iter().min()
+    }
+
+    /// Returns the file descriptors to poll, with their poll(2) events.
+    pub fn poll_fds(&self) -> Vec<(RawFd, i16)> {
+        let mut fds: Vec<(RawFd, i16)> = self.pipes.iter().map(|pipe| (pipe.fd.as_raw_fd(), libc::POLLIN)).collect();
+        for service in &self.services {
+            if let Some(Probe::Net(probe)) = &service.probe {
+                fds.push((probe.fd(), probe.events()));
+            }
+        }
+        fds
+    }
+
+    /// Handles a ready file descriptor from [`poll_fds`](Self::poll_fds).
+    pub fn on_fd_ready(&mut self, fd: RawFd, now: Instant) {
+        if let Some(position) = self.pipes.iter().position(|pipe| pipe.fd.as_raw_fd() == fd) {
+            self.read_pipe(position);
+            return;
+        }
+        let probing = self
+            .services
+            .iter()
+            .position(|service| matches!(&service.probe, Some(Probe::Net(probe)) if probe.fd() == fd));
+        if let Some(index) = probing {
+            let progress = match &mut self.services[index].probe {
+                Some(Probe::Net(probe)) => probe.step(),
+                _ => Progress::Pending,
+            };
+            if progress != Progress::Pending {
+                self.finish_check(index, progress, now);
+            }
+        }
+    }
+
+    /// Dispatches an exit status from the reaper. Children that no entry
+    /// owns are orphans adopted by PID 1 and need nothing beyond the reap.
+    pub fn on_child_exit(&mut self, status: WaitStatus, now: Instant) {
+        let Some(pid) = status.pid() else {
+            return;
+        };
+        match self.owners.remove(&pid) {
+            Some(Owner::Service(index)) if self.services[index].pid == Some(pid) => {
+                self.service_exited(index, &status, now);
+            }
+            Some(Owner::HealthCommand(index)) => {
+                let current = matches!(self.services[index].probe, Some(Probe::Command { pid: probe_pid, .. }) if probe_pid == pid);
+                if current {
+                    let progress = match status {
+                        WaitStatus::Exited(_, 0) => Progress::Healthy,
+                        other => Progress::Unhealthy(format!("health check command {}", describe_exit(&other))),
+                    };
+                    self.finish_check(index, progress, now);
+                }
+            }
+            Some(Owner::Service(_)) | None => log::debug!("reaped orphan process {pid}: {}", describe_exit(&status)),
+        }
+    }
+
+    fn start(&mut self, index: usize, now: Instant) {
+        if self.use_cgroups && self.services[index].cgroup_procs.is_none() {
+            match cgroups::service_procs(&self.services[index].plan.name) {
+                Ok(file) => self.services[index].cgroup_procs = Some(file),
+                Err(error) => log::warn!(
+                    "service {}: {error}; starting it without its own cgroup",
+                    self.services[index].plan.name
+                ),
+            }
+        }
+
+        let service = &mut self.services[index];
+        let request = SpawnRequest {
+            argv: &service.plan.command,
+            uid: service.plan.uid,
+            gid: service.plan.gid,
+            cgroup_procs: service.cgroup_procs.as_ref(),
+            capture_output: true,
+        };
+        let restart = service.restart_at.take().is_some();
+        match spawn::spawn(&request) {
+            Ok(spawned) => {
+                self.owners.insert(spawned.pid, Owner::Service(index));
+                if let Some(fd) = spawned.output {
+                    self.pipes.push(OutputPipe {
+                        service: index,
+                        fd,
+                        buffer: LineBuffer::default(),
+                    });
+                }
+                let service = &mut self.services[index];
+                service.pid = Some(spawned.pid);
+                service.started_at = Some(now);
+                service.failed_checks = 0;
+                service.last_not_healthy_log = Some(now);
+                let verb = if restart { "restarted" } else { "started" };
+                log::info!("{verb} service {} (pid {})", service.plan.name, spawned.pid);
+                if service.plan.health == HealthPlan::None {
+                    service.state = ServiceState::Running;
+                    service.healthy = true;
+                    service.healthy_since = Some(now);
+                    service.next_check = None;
+                    log::info!("service {} is healthy (it has no health check)", service.plan.name);
+                } else {
+                    service.state = ServiceState::Starting;
+                    service.next_check = Some(now + FIRST_CHECK_DELAY);
+                }
+            }
+            Err(error) => {
+                let service = &mut self.services[index];
+                let description = format!("start failed: {error}");
+                let delay = service.backoff.next_delay(Duration::ZERO);
+                service.state = ServiceState::SpawnFailed;
+                service.restart_at = Some(now + delay);
+                service.restarts += 1;
+                log::error!(
+                    "service {}: starting {:?} failed: {error}; retrying in {} s",
+                    service.plan.name,
+                    service.plan.command[0],
+                    delay.as_secs()
+                );
+                service.last_exit = Some(description);
+            }
+        }
+    }
+
+    fn check_due(&mut self, index: usize, now: Instant) {
+        let service = &mut self.services[index];
+        let expired = match &service.probe {
+            Some(Probe::Net(probe)) if now >= probe.deadline => Some(probe.expire()),
+            Some(Probe::Command { pid, deadline, timeout }) if now >= *deadline => {
+                // The owner entry stays, so the reaper collects the killed
+                // check later without reporting it again.
+                let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                let reason = format!("health check command timed out after {} ms", timeout.as_millis());
+                Some(Progress::Unhealthy(reason))
+            }
+            Some(_) => None,
+            None => {
+                if service.next_check.is_some_and(|at| at <= now) {
+                    self.start_check(index, now);
+                }
+                None
+            }
+        };
+        if let Some(progress) = expired {
+            self.finish_check(index, progress, now);
+        }
+    }
+
+    fn start_check(&mut self, index: usize, now: Instant) {
+        let service = &mut self.services[index];
+        service.next_check = None;
+        let address = service.plan.address;
+        let started = match &service.plan.health {
+            HealthPlan::None => return,
+            HealthPlan::Tcp { port, timeout_ms } => {
+                NetProbe::start(SocketAddrV4::new(address, *port), None, Duration::from_millis(*timeout_ms), now)
+                    .map(Probe::Net)
+            }
+            HealthPlan::Http { port, path, timeout_ms } => NetProbe::start(
+                SocketAddrV4::new(address, *port),
+                Some(path),
+                Duration::from_millis(*timeout_ms),
+                now,
+            )
+            .map(Probe::Net),
+            HealthPlan::Command { command, timeout_ms } => {
+                let request = SpawnRequest {
+                    argv: command,
+                    uid: service.plan.uid,
+                    gid: service.plan.gid,
+                    cgroup_procs: service.cgroup_procs.as_ref(),
+                    capture_output: false,
+                };
+                let timeout = Duration::from_millis(*timeout_ms);
+                spawn::spawn(&request).map(|spawned| Probe::Command {
+                    pid: spawned.pid,
+                    deadline: now + timeout,
+                    timeout,
+                })
+            }
+        };
+        match started {
+            Ok(probe) => {
+                if let Probe::Command { pid, .. } = &probe {
+                    self.owners.insert(*pid, Owner::HealthCommand(index));
+                }
+                self.services[index].probe = Some(probe);
+            }
+            Err(error) => {
+                let reason = format!("starting the check failed: {error}");
+                self.finish_check(index, Progress::Unhealthy(reason), now);
+            }
+        }
+    }
+
+    fn finish_check(&mut self, index: usize, progress: Progress, now: Instant) {
+        let service = &mut self.services[index];
+        service.probe = None;
+        if service.pid.is_none() {
+            return;
+        }
+        match progress {
+            Progress::Pending => {}
+            Progress::Healthy => {
+                service.failed_checks = 0;
+                service.last_check_error = None;
+                if !service.healthy {
+                    let since_start = service.started_at.map(|at| now - at).unwrap_or_default();
+                    match service.state {
+                        ServiceState::Unhealthy => log::info!("service {} is healthy again", service.plan.name),
+                        _ => log::info!(
+                            "service {} is healthy, {} ms after its start",
+                            service.plan.name,
+                            since_start.as_millis()
+                        ),
+                    }
+                    service.healthy = true;
+                    service.healthy_since = Some(now);
+                }
+                service.state = ServiceState::Running;
+                service.next_check = Some(now + CHECK_INTERVAL);
+            }
+            Progress::Unhealthy(reason) => {
+                service.failed_checks += 1;
+                match service.state {
+                    ServiceState::Starting => {
+                        let log_due = service
+                            .last_not_healthy_log
+                            .map_or(true, |at| now - at >= NOT_HEALTHY_LOG_INTERVAL);
+                        if log_due {
+                            let since_start = service.started_at.map(|at| now - at).unwrap_or_default();
+                            log::warn!(
+                                "service {} is not healthy yet, {} s after its start: {reason}",
+                                service.plan.name,
+                                since_start.as_secs()
+                            );
+                            service.last_not_healthy_log = Some(now);
+                        }
+                        service.next_check = Some(now + STARTUP_CHECK_INTERVAL);
+                    }
+                    _ => {
+                        if service.healthy && service.failed_checks >= UNHEALTHY_AFTER {
+                            log::warn!(
+                                "service {} is unhealthy after {} failed checks: {reason}",
+                                service.plan.name,
+                                service.failed_checks
+                            );
+                            service.healthy = false;
+                            service.healthy_since = None;
+                            service.state = ServiceState::Unhealthy;
+                        }
+                        service.next_check = Some(now + CHECK_INTERVAL);
+                    }
+                }
+                service.last_check_error = Some(reason);
+            }
+        }
+    }
+
+    fn service_exited(&mut self, index: usize, status: &WaitStatus, now: Instant) {
+        self.drain_pipes_of(index);
+
+        let use_cgroups = self.use_cgroups;
+        let shutting_down = self.shutting_down;
+        let service = &mut self.services[index];
+        let description = describe_exit(status);
+        let pid = service.pid.take();
+        service.last_exit = Some(description.clone());
+        service.probe = None;
+        let ran_for = service.started_at.map(|at| now - at).unwrap_or_default();
+        let healthy_for = service.healthy_since.map(|at| now - at).unwrap_or_default();
+        service.healthy = false;
+        service.healthy_since = None;
+
+        // Processes the service left behind would compete with the restarted
+        // one for its ports and files.
+        if let Some(pid) = pid {
+            let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+        }
+        if use_cgroups && !shutting_down {
+            if let Err(error) = cgroups::kill_service(&service.plan.name) {
+                log::warn!("service {}: {error}", service.plan.name);
+            }
+        }
+
+        if shutting_down || service.state == ServiceState::Stopping {
+            service.state = ServiceState::Stopped;
+            log::info!("service {} stopped: {description}", service.plan.name);
+            return;
+        }
+
+        if healthy_for >= super::backoff::RESET_AFTER {
+            service.exits_in_a_row = 0;
+            service.crash_loop_reported = false;
+        }
+        service.exits_in_a_row += 1;
+        let delay = service.backoff.next_delay(healthy_for);
+        service.restarts += 1;
+        service.state = ServiceState::Backoff;
+        service.restart_at = Some(now + delay);
+        log::warn!(
+            "service {} {description} after {} s; restarting in {} s (restart {})",
+            service.plan.name,
+            ran_for.as_secs(),
+            delay.as_secs(),
+            service.restarts
+        );
+
+        if service.exits_in_a_row >= CRASH_LOOP_EXITS && !service.crash_loop_reported {
+            service.crash_loop_reported = true;
+            log::error!(
+                "service {} is crash looping: {} exits in a row, the last {description}; its last output lines follow",
+                service.plan.name,
+                service.exits_in_a_row
+            );
+            if service.tail.is_empty() {
+                log::error!("service {} wrote no output", service.plan.name);
+            }
+            for line in service.tail.lines() {
+                log::error!("  {}: {line}", service.plan.name);
+            }
+        }
+    }
+
+    fn read_pipe(&mut self, position: usize) {
+        let mut closed = false;
+        let mut chunk = [0u8; 4096];
+        // Bounded, so one chatty service cannot hold up the loop.
+        for _ in 0..16 {
+            let pipe = &mut self.pipes[position];
+            match nix::unistd::read(pipe.fd.as_raw_fd(), &mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(count) => {
+                    let lines = pipe.buffer.push(&chunk[..count]);
+                    let service = pipe.service;
+                    for line in lines {
+                        self.record_line(service, line);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(error) => {
+                    let service = pipe.service;
+                    log::warn!("reading the output of service {} failed: {error}", self.name(service));
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            let mut pipe = self.pipes.swap_remove(position);
+            if let Some(rest) = pipe.buffer.finish() {
+                self.record_line(pipe.service, rest);
+            }
+        }
+    }
+
+    fn drain_pipes_of(&mut self, index: usize) {
+        let mut position = 0;
+        while position < self.pipes.len() {
+            let before = self.pipes.len();
+            if self.pipes[position].service == index {
+                self.read_pipe(position);
+            }
+            if self.pipes.len() == before {
+                position += 1;
+            }
+        }
+    }
+
+    fn record_line(&mut self, index: usize, line: String) {
+        let service = &mut self.services[index];
+        log::info!(target: SERVICE_OUTPUT, "{}: {line}", service.plan.name);
+        service.tail.push(line);
+    }
+
+    /// Stops restarts and health checks for shutdown.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        for service in &mut self.services {
+            if let Some(Probe::Command { pid, .. }) = service.probe.take() {
+                let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+            }
+            service.restart_at = None;
+            service.next_check = None;
+            if service.pid.is_none() {
+                service.state = ServiceState::Stopped;
+            }
+        }
+    }
+
+    /// Sends SIGTERM to the process group of service `index`. Returns true
+    /// when a process is running and must be waited for.
+    pub fn send_stop(&mut self, index: usize) -> bool {
+        let service = &mut self.services[index];
+        let Some(pid) = service.pid else {
+            service.state = ServiceState::Stopped;
+            return false;
+        };
+        service.state = ServiceState::Stopping;
+        log::info!("stopping service {} (pid {pid})", service.plan.name);
+        if signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM).is_err() {
+            let _ = signal::kill(pid, Signal::SIGTERM);
+        }
+        true
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.services[index].pid.is_some()
+    }
+
+    /// Sends SIGKILL to every process of service `index`.
+    pub fn force_kill(&mut self, index: usize) {
+        let service = &self.services[index];
+        if let Some(pid) = service.pid {
+            log::warn!("service {} did not stop in time; killing it", service.plan.name);
+            let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+            let _ = signal::kill(pid, Signal::SIGKILL);
+        }
+        if self.use_cgroups {
+            if let Err(error) = cgroups::kill_service(&service.plan.name) {
+                log::warn!("service {}: {error}", service.plan.name);
+            }
+        }
+    }
+
+    /// Reads what is left in the output pipes, during shutdown.
+    pub fn drain_all_pipes(&mut self) {
+        for index in 0..self.services.len() {
+            self.drain_pipes_of(index);
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! One QEMU virtual machine (q35, OVMF, virtio disk on a copy-on-write
+//! overlay, user networking with forwarded ports, swtpm, a virtio-serial
+//! status port) and the operations tests and `ztms run` need on it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::accel::Accel;
+
+/// OVMF firmware from Debian's ovmf package.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// A failure to start or drive a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("image {0} not found; build it with `ztms build DEFINITION`")]
+    ImageMissing(PathBuf),
+    #[error("image {path} is not a bootable ztms image: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+    #[error("{what} not found at {path}; install it with: apt-get install {package}")]
+    Missing {
+        what: &'static str,
+        path: String,
+        package: &'static str,
+    },
+    #[error("port {port} on 127.0.0.1 is in use; stop the program that listens on it or choose another host port")]
+    PortInUse { port: u16 },
+    #[error("cannot {action}: {source}")]
+    Io {
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("{what} did not happen within {seconds} s. Last console lines:\n{tail}")]
+    Timeout {
+        what: String,
+        seconds: u64,
+        tail: String,
+    },
+    #[error("the appliance reported a failed boot: {line}\nLast console lines:\n{tail}")]
+    BootFailed { line: String, tail: String },
+    #[error("QEMU exited ({status}) before {what}. Last console lines:\n{tail}")]
+    Exited {
+        status: String,
+        what: String,
+        tail: String,
+    },
+    #[error("status API: {0}")]
+    Status(String),
+}
+
+fn io(action: &str) -> impl FnOnce(std::io::Error) -> VmError + '_ {
+    move |source| VmError::Io { action: action.into(), source }
+}
+
+/// A port forwarded from 127.0.0.1 on the host into the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+    pub udp: bool,
+}
+
+/// Everything that decides how a VM starts.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub image: PathBuf,
+    /// Write to the image itself instead of a throw-away overlay.
+    pub persist: bool,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    pub forwards: Vec<Forward>,
+    pub tpm: bool,
+    /// Virtual disk size of the overlay; the appliance grows its data
+    /// partition into it.
+    pub disk_size: Option<u64>,
+    /// Directory for the overlay, firmware variables, sockets and the
+    /// console log; it is kept so a failed test can be examined.
+    pub state_dir: PathBuf,
+    /// Console on the terminal, keyboard included (`ztms run` without
+    /// `--headless`).
+    pub interactive: bool,
+}
+
+/// Returns the QEMU arguments for `config`; `paths` are the files the VM
+/// uses. Pure, so the command line is unit-tested.
+pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+    push(&["-machine", "q35,smm=off", "-accel", config.accel.qemu_arg()]);
+    push(&["-cpu", if config.accel == Accel::Kvm { "host" } else { "max" }]);
+    let memory = config.memory_mib.to_string();
+    let cpus = config.cpus.to_string();
+    push(&["-m", &memory, "-smp", &cpus, "-nodefaults", "-display", "none", "-no-user-config"]);
+    let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}");
+    let vars = format!("if=pflash,format=raw,unit=1,file={}", paths.vars.display());
+    push(&["-drive", &code, "-drive", &vars]);
+    let disk = format!("if=none,id=disk0,format=qcow2,file={}", paths.disk.display());
+    push(&["-drive", &disk, "-device", "virtio-blk-pci,drive=disk0"]);
+
+    let mut netdev = "user,id=net0,net=10.0.2.0/24".to_string();
+    for forward in &config.forwards {
+        let proto = if forward.udp { "udp" } else { "tcp" };
+        netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{}-:{}", forward.host, forward.guest));
+    }
+    push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+
+    push(&["-device", "virtio-serial-pci"]);
+    let status = format!("socket,id=status,path={},server=on,wait=off", paths.status.display());
+    push(&["-chardev", &status, "-device", "virtserialport,chardev=status,name=org.ztms.status"]);
+
+    if let Some(tpm) = &paths.tpm_socket {
+        let chardev = format!("socket,id=tpmchr,path={}", tpm.display());
+        push(&["-chardev", &chardev, "-tpmdev", "emulator,id=tpm0,chardev=tpmchr", "-device", "tpm-tis,tpmdev=tpm0"]);
+    }
+
+    let monitor = format!("unix:{},server=on,wait=off", paths.monitor.display());
+    push(&["-monitor", &monitor]);
+    push(&["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]);
+    if config.interactive {
+        push(&["-serial", "mon:stdio"]);
+    } else {
+        push(&["-serial", "stdio"]);
+    }
+    args
+}
+
+/// Files of one VM, all inside its state directory.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub disk: PathBuf,
+    pub vars: PathBuf,
+    pub status: PathBuf,
+    pub monitor: PathBuf,
+    pub console_log: PathBuf,
+    pub tpm_socket: Option<PathBuf>,
+    pub tpm_state: PathBuf,
+}
+
+impl VmPaths {
+    pub fn new(state_dir: &Path, disk: PathBuf, tpm: bool) -> Self {
+        Self {
+            disk,
+            vars: state_dir.join("OVMF_VARS.fd"),
+            status: state_dir.join("status.sock"),
+            monitor: state_dir.join("monitor.sock"),
+            console_log: state_dir.join("console.log"),
+            tpm_socket: tpm.then(|| state_dir.join("swtpm.sock")),
+            tpm_state: state_dir.join("tpm"),
+        }
+    }
+}
+
+/// A running VM. Dropping it kills QEMU and swtpm.
+pub struct Vm {
+    qemu: Child,
+    swtpm: Option<Child>,
+    console: Arc<Mutex<String>>,
+    pub paths: VmPaths,
+    pub started: Instant,
+    /// Console bytes already matched by `wait_for_console`.
+    matched_up_to: usize,
+}
+
+/// Makes a child die with its parent, so no QEMU or swtpm outlives `ztms`
+/// or a test, however it ends.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Checks the image before QEMU sees it: present, a ztms disk (GPT with an
+/// x86-64 root partition), firmware and swtpm installed, ports free.
+pub fn preflight(config: &VmConfig) -> Result<(), VmError> {
+    if !config.image.exists() {
+        return Err(VmError::ImageMissing(config.image.clone()));
+    }
+    check_image(&config.image)?;
+    for (what, path, package) in [
+        ("OVMF firmware", OVMF_CODE, "ovmf"),
+        ("OVMF variables", OVMF_VARS, "ovmf"),
+    ] {
+        if !Path::new(path).exists() {
+            return Err(VmError::Missing { what, path: path.into(), package });
+        }
+    }
+    if crate::build::host::find_program("qemu-system-x86_64").is_none() {
+        return Err(VmError::Missing { what: "qemu-system-x86_64", path: "PATH".into(), package: "qemu-system-x86" });
+    }
+    if config.tpm && crate::build::host::find_program("swtpm").is_none() {
+        return Err(VmError::Missing { what: "swtpm", path: "PATH".into(), package: "swtpm swtpm-tools" });
+    }
+    for forward in &config.forwards {
+        if !forward.udp && TcpListener::bind(("127.0.0.1", forward.host)).is_err() {
+            return Err(VmError::PortInUse { port: forward.host });
+        }
+        if forward.udp && std::net::UdpSocket::bind(("127.0.0.1", forward.host)).is_err() {
+            return Err(VmError::PortInUse { port: forward.host });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the partition table (through qemu-img for qcow2) and requires an
+/// x86-64 root partition.
+fn check_image(image: &Path) -> Result<(), VmError> {
+    let bad = |reason: String| VmError::BadImage { path: image.to_path_buf(), reason };
+    let format = image_format(image)?;
+    let head = if format == "raw" {
+        let mut file = std::fs::File::open(image).map_err(io("open image"))?;
+        let mut head = vec![0u8; 34 * 512];
+        file.read_exact(&mut head).map_err(|e| bad(format!("too short for a GPT ({e})")))?;
+        head
+    } else {
+        let dir = tempfile::tempdir().map_err(io("create a temporary directory"))?;
+        let out = dir.path().join("head");
+        let status = Command::new("qemu-img")
+            .args(["dd", "-f", &format, "-O", "raw", "bs=512", "count=34"])
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", out.display()))
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(io("run qemu-img dd"))?;
+        if !status.status.success() {
+            return Err(bad(format!("qemu-img cannot read it: {}", String::from_utf8_lossy(&status.stderr).trim())));
+        }
+        std::fs::read(&out).map_err(io("read the partition table"))?
+    };
+    if head.get(512..520) != Some(b"EFI PART") {
+        return Err(bad("no GPT partition table".into()));
+    }
+    let x86_root = crate::build::gpt::guid_bytes(crate::build::layout::TYPE_ROOT_X86_64);
+    let has_root = head[1024..]
+        .chunks(128)
+        .any(|entry| entry.len() >= 16 && entry[..16] == x86_root);
+    if !has_root {
+        return Err(bad("it has no x86-64 root partition; it was built for another architecture or by another tool".into()));
+    }
+    Ok(())
+}
+
+/// Returns "qcow2" or "raw" from the file's magic bytes.
+fn image_format(image: &Path) -> Result<String, VmError> {
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(image).map_err(io("open image"))?;
+    let _ = file.read(&mut magic).map_err(io("read image"))?;
+    Ok(if &magic == b"QFI\xfb" { "qcow2" } else { "raw" }.into())
+}
+
+impl Vm {
+    /// Starts swtpm (if asked) and QEMU. The console is copied to
+    /// `console.log` in the state directory and, when `echo` is set, to
+    /// standard output.
+    pub fn start(config: &VmConfig, echo: bool) -> Result<Vm, VmError> {
+        preflight(config)?;
+        std::fs::create_dir_all(&config.state_dir).map_err(io("create the VM state directory"))?;
+        let image = std::fs::canonicalize(&config.image).map_err(io("resolve the image path"))?;
+        let disk = if config.persist {
+            image.clone()
+        } else {
+            let overlay = config.state_dir.join("overlay.qcow2");
+            let _ = std::fs::remove_file(&overlay);
+            let mut command = Command::new("qemu-img");
+            command
+                .args(["create", "-q", "-f", "qcow2", "-F", &image_format(&image)?, "-b"])
+                .arg(&image)
+                .arg(&overlay);
+            if let Some(size) = config.disk_size {
+                command.arg(size.to_string());
+            }
+            let output = command.output().map_err(io("run qemu-img create"))?;
+            if !output.status.success() {
+                return Err(VmError::BadImage {
+                    path: image.clone(),
+                    reason: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                });
+            }
+            overlay
+        };
+        let paths = VmPaths::new(&config.state_dir, disk, config.tpm);
+        if !paths.vars.exists() {
+            std::fs::copy(OVMF_VARS, &paths.vars).map_err(io("copy the OVMF variables"))?;
+        }
+        for socket in [&paths.status, &paths.monitor] {
+            let _ = std::fs::remove_file(socket);
+        }
+
+        let swtpm = match &paths.tpm_socket {
+            Some(socket) => Some(start_swtpm(socket, &paths.tpm_state)?),
+            None => None,
+        };
+
+        let mut command = Command::new("qemu-system-x86_64");
+        command.args(qemu_args(config, &paths));
+        if config.interactive {
+            command.stdin(Stdio::inherit()).stdout(Stdio::inherit());
+        } else {
+            command.stdin(Stdio::null()).stdout(Stdio::piped());
+        }
+        command.stderr(Stdio::piped());
+        die_with_parent(&mut command);
+        let mut qemu = command.spawn().map_err(io("start qemu-system-x86_64"))?;
+
+        let console = Arc::new(Mutex::new(String::new()));
+        let log = std::fs::File::create(&paths.console_log).map_err(io("create the console log"))?;
+        if let Some(stdout) = qemu.stdout.take() {
+            spawn_console_reader(stdout, log, Arc::clone(&console), echo);
+        }
+        if let Some(stderr) = qemu.stderr.take() {
+            let console = Arc::clone(&console);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("qemu: {line}");
+                    if let Ok(mut text) = console.lock() {
+                        text.push_str(&format!("qemu: {line}\n"));
+                    }
+                }
+            });
+        }
+        Ok(Vm { qemu, swtpm, console, paths, started: Instant::now(), matched_up_to: 0 })
+    }
+
+    /// Returns the last `lines` console lines.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let text = self.console.lock().map(|t| t.clone()).unwrap_or_default();
+        crate::build::host::tail(&text, lines)
+    }
+
+    /// Returns the whole console output so far.
+    pub fn console(&self) -> String {
+        self.console.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Waits until a console line after the previous match matches
+    /// `pattern`, and returns it. Fails early on `ztms-init: boot failed`
+    /// or when QEMU exits.
+    pub fn wait_for_console(&mut self, pattern: &str, timeout: Duration) -> Result<String, VmError> {
+        let regex = regex::Regex::new(pattern)
+            .map_err(|e| VmError::Status(format!("invalid console pattern {pattern:?}: {e}")))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console();
+            let fresh = &text[self.matched_up_to.min(text.len())..];
+            let mut offset = self.matched_up_to;
+            for line in fresh.split_inclusive('\n') {
+                if !line.ends_with('\n') {
+                    break;
+                }
+                offset += line.len();
+                if regex.is_match(line) {
+                    self.matched_up_to = offset;
+                    return Ok(line.trim_end().to_string());
+                }
+                if line.contains("ztms-init: boot failed") && !pattern.contains("boot failed") {
+                    self.matched_up_to = offset;
+                    return Err(VmError::BootFailed { line: line.trim_end().into(), tail: self.console_tail(40) });
+                }
+            }
+            if let Ok(Some(status)) = self.qemu.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                return Err(VmError::Exited {
+                    status: status.to_string(),
+                    what: format!("the console showed {pattern:?}"),
+                    tail: self.console_tail(40),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    what: format!("console line matching {pattern:?}"),
+                    seconds: timeout.as_secs(),
+                    tail: self.console_tail(40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends one HMP monitor command.
+    pub fn monitor(&self, command: &str) -> Result<(), VmError> {
+        let mut stream = UnixStream::connect(&self.paths.monitor).map_err(io("connect to the QEMU monitor"))?;
+        stream.write_all(format!("{command}\n").as_bytes()).map_err(io("send a monitor command"))?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Presses the ACPI power button and waits for QEMU to exit.
+    pub fn power_down(&mut self, timeout: Duration) -> Result<(), VmError> {
+        self.monitor("system_powerdown")?;
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.qemu.try_wait() {
+                self.stop_swtpm();
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Timeout {
+                    what: "QEMU exit".into(),
+                    seconds: timeout.as_secs(),
+                    tail: self.console_tail(40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Cuts the power: QEMU is killed without warning the guest.
+    pub fn kill(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+        self.stop_swtpm();
+    }
+
+    fn stop_swtpm(&mut self) {
+        if let Some(mut swtpm) = self.swtpm.take() {
+            let _ = swtpm.kill();
+            let _ = swtpm.wait();
+        }
+    }
+
+    /// Queries the status API over the virtio-serial port (test images).
+    pub fn status(&self, timeout: Duration) -> Result<crate::status::Status, VmError> {
+        let mut stream = UnixStream::connect(&self.paths.status).map_err(io("connect to the status port"))?;
+        stream.set_read_timeout(Some(timeout)).map_err(io("set a timeout"))?;
+        stream.write_all(b"status\n").map_err(io("send a status request"))?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).map_err(io("read the status"))?;
+        serde_json::from_str(&line).map_err(|e| VmError::Status(format!("invalid status {line:?}: {e}")))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.qemu.id()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_console_reader(stdout: impl Read + Send + 'static, mut log: std::fs::File, console: Arc<Mutex<String>>, echo: bool) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buffer = Vec::new();
+        loop {
+            buffer.clear();
+            match reader.read_until(b'\n', &mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let _ = log.write_all(&buffer);
+            let text = String::from_utf8_lossy(&buffer).replace('\r', "");
+            if echo {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            if let Ok(mut console) = console.lock() {
+                console.push_str(&text);
+            }
+        }
+    });
+}
+
+fn start_swtpm(socket: &Path, state: &Path) -> Result<Child, VmError> {
+    std::fs::create_dir_all(state).map_err(io("create the TPM state directory"))?;
+    let _ = std::fs::remove_file(socket);
+    let mut command = Command::new("swtpm");
+    command
+        .args(["socket", "--tpm2", "--tpmstate"])
+        .arg(format!("dir={}", state.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", socket.display()))
+        .args(["--flags", "startup-clear"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    die_with_parent(&mut command);
+    let child = command.spawn().map_err(io("start swtpm"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            return Err(VmError::Timeout { what: "swtpm socket".into(), seconds: 5, tail: String::new() });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            image: "x.raw".into(),
+            persist: false,
+            memory_mib: 1024,
+            cpus: 2,
+            accel: Accel::Tcg,
+            forwards: vec![Forward { host: 8443, guest: 443, udp: false }],
+            tpm: true,
+            disk_size: None,
+            state_dir: "/tmp/vm".into(),
+            interactive: false,
+        }
+    }
+
+    #[test]
+    fn args_forward_only_to_loopback() {
+        let config = config();
+        let paths = VmPaths::new(Path::new("/tmp/vm"), "/tmp/vm/overlay.qcow2".into(), true);
+        let args = qemu_args(&config, &paths).join(" ");
+        assert!(args.contains("hostfwd=tcp:127.0.0.1:8443-:443"), "{args}");
+        assert!(args.contains("tpm-tis"), "{args}");
+        assert!(args.contains("name=org.ztms.status"), "{args}");
+        assert!(args.contains("OVMF_CODE_4M.fd"), "{args}");
+    }
+}

@@ -1,0 +1,254 @@
+//! Status API shared by ztms-init (server) and `ztms status` (client).
+//!
+//! The protocol is line based: the client sends one line, `status`, and the
+//! server replies with one line of JSON, a [`Status`] or an
+//! `{"error": "..."}` object. The unix socket serves one request per
+//! connection; the virtio-serial port serves any number of requests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the status socket inside the appliance.
+pub const SOCKET_PATH: &str = "/run/ztms/status.sock";
+/// Name of the virtio-serial port that serves the status in test images.
+pub const SERIAL_PORT_NAME: &str = "org.ztms.status";
+/// The one request the server understands.
+pub const REQUEST: &str = "status";
+
+/// A snapshot of the appliance: boot phases, services and readiness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Appliance name from the image definition.
+    pub name: String,
+    /// Appliance version from the image definition.
+    pub version: String,
+    /// Root slot the appliance booted from (`a` or `b`), empty when unknown.
+    pub slot: String,
+    /// Boot phases of stage 2, in the order they run.
+    pub phases: Vec<PhaseStatus>,
+    /// Services in start order.
+    pub services: Vec<ServiceStatus>,
+    /// True once every service has been healthy at the same time.
+    pub ready: bool,
+    /// Milliseconds since the kernel booted (CLOCK_BOOTTIME).
+    pub uptime_ms: u64,
+}
+
+/// Progress of one boot phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseStatus {
+    pub name: String,
+    pub state: PhaseState,
+    /// Run time of the phase; `None` until it finishes.
+    pub duration_ms: Option<u64>,
+    /// Reason of a failure.
+    pub error: Option<String>,
+}
+
+/// State of a boot phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    /// Not run because an earlier phase failed.
+    Skipped,
+}
+
+/// State and history of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: ServiceState,
+    /// Result of the latest health check; a service without a check is
+    /// healthy while its process runs.
+    pub healthy: bool,
+    /// Restarts after an unexpected exit since boot.
+    pub restarts: u32,
+    /// How the previous process ended, for example `exited with status 1`
+    /// or `killed by signal SIGSEGV`.
+    pub last_exit: Option<String>,
+    /// Process id of the running service process.
+    pub pid: Option<i32>,
+}
+
+/// Lifecycle state of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    /// Waiting for its dependencies to become healthy.
+    Waiting,
+    /// Process started, not yet healthy.
+    Starting,
+    /// Process running and its health check passing.
+    Running,
+    /// Process running but its latest health checks failed.
+    Unhealthy,
+    /// Process exited; it is restarted when the backoff delay ends.
+    Backoff,
+    /// Stopping for shutdown.
+    Stopping,
+    /// Stopped for shutdown.
+    Stopped,
+    /// The process could not be started and is retried after the backoff delay.
+    SpawnFailed,
+}
+
+/// Reply of the server to a request it does not understand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+/// A failed status query.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Connecting, sending or receiving failed.
+    #[error("status query to {path} failed: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The server closed the connection without a reply.
+    #[error("status socket {path} closed the connection without a reply")]
+    NoReply { path: PathBuf },
+    /// The server replied with an error object.
+    #[error("status server at {path} rejected the request: {message}")]
+    Rejected { path: PathBuf, message: String },
+    /// The reply is neither a status nor an error object.
+    #[error("invalid reply from status socket {path}: {source}")]
+    InvalidReply {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Queries the status server listening on the unix socket at `path`.
+pub fn query_unix(path: &Path) -> Result<Status, QueryError> {
+    let io_error = |source| QueryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(io_error)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io_error)?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io_error)?;
+    stream.write_all(format!("{REQUEST}\n").as_bytes()).map_err(io_error)?;
+
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(io_error)?;
+    if line.trim().is_empty() {
+        return Err(QueryError::NoReply {
+            path: path.to_path_buf(),
+        });
+    }
+    parse_reply(&line).map_err(|error| match error {
+        ReplyError::Rejected(message) => QueryError::Rejected {
+            path: path.to_path_buf(),
+            message,
+        },
+        ReplyError::Invalid(source) => QueryError::InvalidReply {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// A reply line that is not a status.
+#[derive(Debug)]
+pub enum ReplyError {
+    /// The server sent an error object with this message.
+    Rejected(String),
+    /// The line is not valid JSON of either shape.
+    Invalid(serde_json::Error),
+}
+
+/// Parses one reply line into a status, or the server's error message.
+pub fn parse_reply(line: &str) -> Result<Status, ReplyError> {
+    match serde_json::from_str::<Status>(line) {
+        Ok(status) => Ok(status),
+        Err(status_error) => match serde_json::from_str::<ErrorReply>(line) {
+            Ok(reply) => Err(ReplyError::Rejected(reply.error)),
+            Err(_) => Err(ReplyError::Invalid(status_error)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            name: "media".into(),
+            version: "1.0".into(),
+            slot: "a".into(),
+            phases: vec![PhaseStatus {
+                name: "mounts".into(),
+                state: PhaseState::Done,
+                duration_ms: Some(3),
+                error: None,
+            }],
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                state: ServiceState::Running,
+                healthy: true,
+                restarts: 2,
+                last_exit: Some("exited with status 1".into()),
+                pid: Some(42),
+            }],
+            ready: true,
+            uptime_ms: 1234,
+        }
+    }
+
+    #[test]
+    fn status_round_trips_through_json() {
+        let line = serde_json::to_string(&sample()).unwrap();
+        let parsed = parse_reply(&line).unwrap();
+        assert_eq!(parsed, sample());
+    }
+
+    #[test]
+    fn service_state_uses_kebab_case() {
+        let text = serde_json::to_string(&ServiceState::SpawnFailed).unwrap();
+        assert_eq!(text, "\"spawn-failed\"");
+    }
+
+    #[test]
+    fn error_reply_becomes_rejected() {
+        let result = parse_reply(r#"{"error": "unknown request \"x\""}"#);
+        assert!(matches!(result, Err(ReplyError::Rejected(message)) if message == "unknown request \"x\""));
+    }
+
+    #[test]
+    fn garbage_reply_is_invalid() {
+        let result = parse_reply("not json");
+        assert!(matches!(result, Err(ReplyError::Invalid(_))));
+    }
+
+    #[test]
+    fn query_unix_reads_one_line() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("status.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            reader.read_line(&mut request).unwrap();
+            assert_eq!(request, "status\n");
+            let mut stream = stream;
+            let reply = serde_json::to_string(&sample()).unwrap();
+            stream.write_all(format!("{reply}\n").as_bytes()).unwrap();
+        });
+        let status = query_unix(&path).unwrap();
+        server.join().unwrap();
+        assert_eq!(status, sample());
+    }
+}

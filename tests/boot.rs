@@ -1,0 +1,81 @@
+//! QEMU tests of the boot chain and of ztms-init as PID 1: OVMF, systemd-boot,
+//! the UKI, stage 1 with dm-verity, stage 2 phases, supervision and power-off.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{boot, image, BOOT_TIMEOUT};
+
+#[test]
+fn boot_reaches_ready_and_powers_off() {
+    let image = image("test-boot");
+    let mut vm = boot("boot_reaches_ready_and_powers_off", &image);
+
+    vm.wait_for_console("ztms-init: stage 1", BOOT_TIMEOUT).unwrap();
+    for phase in ["mounts", "sysctl", "cgroups", "services"] {
+        let line = vm
+            .wait_for_console(&format!("ztms-init: phase {phase} done in [0-9]+ ms"), BOOT_TIMEOUT)
+            .unwrap();
+        assert!(line.contains(phase), "{line}");
+    }
+    vm.wait_for_console("ztms-init: ready", BOOT_TIMEOUT).unwrap();
+
+    let status = vm.status(Duration::from_secs(10)).expect("status over virtio-serial");
+    assert_eq!(status.name, "test-boot");
+    assert!(status.ready, "{status:?}");
+    let web = status.services.iter().find(|s| s.name == "web").expect("web in status");
+    assert!(web.healthy, "{web:?}");
+
+    vm.power_down(Duration::from_secs(60)).expect("clean power-off after the power button");
+    assert!(vm.console().contains("ztms-init: powering off"));
+}
+
+#[test]
+fn crash_loop_backs_off_and_orphans_are_reaped() {
+    let image = image("test-boot");
+    let mut vm = boot("crash_loop_backs_off_and_orphans_are_reaped", &image);
+    vm.wait_for_console("ztms-init: ready", BOOT_TIMEOUT).unwrap();
+
+    // The crasher exits after one second each time; with backoff doubling
+    // from one second, it restarts several times in 20 s but not 20 times.
+    std::thread::sleep(Duration::from_secs(20));
+    let status = vm.status(Duration::from_secs(10)).expect("status");
+    let crasher = status.services.iter().find(|s| s.name == "crasher").expect("crasher in status");
+    assert!(crasher.restarts >= 2, "crasher restarts: {crasher:?}");
+    assert!(crasher.restarts <= 10, "crasher restarts without backoff: {crasher:?}");
+    assert!(crasher.last_exit.as_deref().unwrap_or_default().contains('3'), "{crasher:?}");
+    assert!(vm.console().contains("crasher failing"), "service output is not logged with its name");
+
+    let web = status.services.iter().find(|s| s.name == "web").expect("web in status");
+    assert!(web.healthy, "web was affected by the crash loop: {web:?}");
+    assert_eq!(web.restarts, 0, "{web:?}");
+
+    assert!(vm.console().contains("orphan left"));
+    let zombies = status.zombies;
+    assert_eq!(zombies, 0, "PID 1 left zombies");
+}
+
+#[test]
+fn verity_mismatch_stops_boot_with_reason() {
+    let source = image("test-boot");
+    let dir = harness::scratch().join("verity-mismatch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let corrupted = dir.join("corrupted.raw");
+    std::fs::copy(&source, &corrupted).unwrap();
+
+    // Flip one byte of the EROFS superblock in slot A (it starts 1 KiB into
+    // the partition), so the first verity-checked read fails.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(source.with_file_name("manifest.json")).unwrap()).unwrap();
+    let root_offset = manifest["partitions"]["partitions"][1]["offset"].as_u64().unwrap();
+    let mut bytes = std::fs::read(&corrupted).unwrap();
+    let at = (root_offset + 1024 + 8) as usize;
+    bytes[at] ^= 0xff;
+    std::fs::write(&corrupted, bytes).unwrap();
+
+    let mut vm = boot("verity_mismatch_stops_boot_with_reason", &corrupted);
+    let line = vm.wait_for_console("ztms-init: boot failed", BOOT_TIMEOUT).unwrap();
+    assert!(line.contains("verity"), "reason does not name verity: {line}");
+    assert!(!vm.console().contains("ztms-init: ready"));
+}

@@ -1,0 +1,145 @@
+//! Tests of `ztms build` against the real tools: mmdebstrap, mkfs.erofs,
+//! veritysetup, objcopy, qemu-img and sfdisk.
+
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
+
+use harness::{build_into, image, repo, scratch};
+
+fn sha256(path: &Path) -> String {
+    ztms::build::manifest::artifact(path).expect("hash artifact").sha256
+}
+
+#[test]
+fn image_has_four_gpt_partitions() {
+    let raw = image("test-boot");
+    let output = Command::new("sfdisk").arg("--json").arg(&raw).output().expect("run sfdisk");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let table: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let partitions = table["partitiontable"]["partitions"].as_array().expect("partitions");
+    let names: Vec<&str> = partitions.iter().map(|p| p["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, ["test-boot-esp", "test-boot-root-a", "test-boot-root-b", "test-boot-data"]);
+    assert_eq!(table["partitiontable"]["label"], "gpt");
+}
+
+#[test]
+fn two_builds_are_byte_identical() {
+    let first = image("test-boot");
+    let second_dir = scratch().join("reproducible");
+    let _ = std::fs::remove_dir_all(&second_dir);
+    build_into("test-boot", &second_dir).expect("second build");
+    let second = second_dir.join("test-boot.raw");
+    assert_eq!(sha256(&first), sha256(&second), "raw images differ");
+    assert_eq!(
+        sha256(&first.with_extension("qcow2")),
+        sha256(&second.with_extension("qcow2")),
+        "qcow2 images differ"
+    );
+}
+
+#[test]
+fn manifest_lists_packages_and_hashes() {
+    let raw = image("test-boot");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(raw.with_file_name("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["version"], "1.0.0");
+    assert_eq!(manifest["verity"]["root_hash"].as_str().unwrap().len(), 64);
+    let packages = manifest["packages"].as_array().unwrap();
+    assert!(packages.iter().any(|p| p["name"] == "busybox"), "busybox missing from the package list");
+    let raw_entry = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["file"] == "test-boot.raw")
+        .expect("raw image in artifacts");
+    assert_eq!(raw_entry["sha256"].as_str().unwrap(), sha256(&raw));
+}
+
+/// Writes a definition into a scratch directory and returns its path.
+fn scratch_definition(test: &str, text: &str) -> std::path::PathBuf {
+    let dir = scratch().join("bad-input").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("image.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn build_definition(path: &Path) -> Result<ztms::build::BuildReport, ztms::build::BuildError> {
+    let loaded = ztms::config::load(path)?;
+    let options = ztms::build::BuildOptions {
+        out_dir: path.with_file_name("out"),
+        cache_dir: ztms::run::default_cache_dir(),
+        init_binary: harness::init_binary(),
+        source_date_epoch: ztms::build::DEFAULT_EPOCH,
+    };
+    ztms::build::build(&loaded, &options)
+}
+
+fn assert_no_output(path: &Path) {
+    let out = path.with_file_name("out");
+    let leftovers: Vec<_> = std::fs::read_dir(&out).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    assert!(leftovers.is_empty(), "output left behind: {leftovers:?}");
+}
+
+#[test]
+fn unknown_package_names_service() {
+    let path = scratch_definition(
+        "unknown-package",
+        r#"
+[image]
+name = "bad"
+version = "1"
+
+[[service]]
+name = "media"
+segment = "frontend"
+packages = ["no-such-package-ztms"]
+command = ["/bin/true"]
+"#,
+    );
+    let error = build_definition(&path).unwrap_err().to_string();
+    assert!(error.contains("no-such-package-ztms"), "{error}");
+    assert!(error.contains("service \"media\""), "{error}");
+    assert_no_output(&path);
+}
+
+#[test]
+fn root_too_small_says_needed_size() {
+    let overlays = repo().join("overlays");
+    let path = scratch_definition(
+        "root-too-small",
+        &format!(
+            r#"
+[image]
+name = "small"
+version = "1"
+
+[base]
+packages = ["busybox"]
+overlays = ["{}", "{}"]
+
+[disk]
+esp = "64M"
+root = "16M"
+"#,
+            overlays.join("common").display(),
+            overlays.join("test").display()
+        ),
+    );
+    let error = build_definition(&path).unwrap_err().to_string();
+    assert!(error.contains("disk.root"), "{error}");
+    assert!(error.contains("needs"), "{error}");
+    assert_no_output(&path);
+}
+
+#[test]
+fn default_image_has_no_debug_access() {
+    let loaded = ztms::config::load(&repo().join("images/media-server.toml")).unwrap();
+    assert!(!loaded.definition.debug.status_serial, "the status port is a test-image feature");
+    assert!(!loaded.definition.debug.probe, "the probe agent is a test-image feature");
+    let plan = ztms::init::plan::from_definition(&loaded.definition).unwrap();
+    assert!(!plan.status_serial);
+}

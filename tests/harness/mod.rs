@@ -1,0 +1,176 @@
+//! QEMU test harness: builds test images once per definition, boots them,
+//! and keeps the console of every VM under target/ztms-tests/ so a failed
+//! test can be examined.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use ztms::run::accel::{self, Accel};
+use ztms::run::vm::{Vm, VmConfig};
+
+/// Time allowed from QEMU start to the ready line. TCG boots take
+/// 30 to 60 s on two cores; the margin covers a loaded machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Scratch space of the tests, beside cargo's build output.
+pub fn scratch() -> PathBuf {
+    let dir = repo().join("target/ztms-tests");
+    std::fs::create_dir_all(&dir).expect("create target/ztms-tests");
+    dir
+}
+
+pub fn init_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ztms-init"))
+}
+
+/// Returns a hash of everything an image is built from: the definition,
+/// its overlays and the ztms-init binary.
+fn input_hash(definition: &Path) -> String {
+    let loaded = ztms::config::load(definition).expect("load test definition");
+    let mut hasher = Sha256::new();
+    hasher.update(std::fs::read(definition).expect("read definition"));
+    hasher.update(std::fs::read(init_binary()).expect("read ztms-init"));
+    for overlay in &loaded.definition.base.overlays {
+        let mut files = Vec::new();
+        collect_files(&loaded.resolve(overlay.get_ref()), &mut files);
+        files.sort();
+        for file in files {
+            hasher.update(file.to_string_lossy().as_bytes());
+            hasher.update(std::fs::read(&file).unwrap_or_default());
+        }
+    }
+    hex::encode(hasher.finalize())[..16].to_string()
+}
+
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
+}
+
+/// Builds `images/<name>.toml` into `out` with the test cache.
+pub fn build_into(name: &str, out: &Path) -> Result<ztms::build::BuildReport, ztms::build::BuildError> {
+    let definition = repo().join("images").join(format!("{name}.toml"));
+    let loaded = ztms::config::load(&definition)?;
+    let options = ztms::build::BuildOptions {
+        out_dir: out.to_path_buf(),
+        cache_dir: ztms::run::default_cache_dir(),
+        init_binary: init_binary(),
+        source_date_epoch: ztms::build::DEFAULT_EPOCH,
+    };
+    ztms::build::build(&loaded, &options)
+}
+
+/// Returns the raw image of `images/<name>.toml`, built once per set of
+/// inputs and reused by later tests and runs.
+pub fn image(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let definition = repo().join("images").join(format!("{name}.toml"));
+    let out = scratch().join("images").join(format!("{name}-{}", input_hash(&definition)));
+    let raw = out.join(format!("{name}.raw"));
+    if !raw.exists() {
+        eprintln!("building {name} into {}", out.display());
+        if let Err(error) = build_into(name, &out) {
+            panic!("building {name} failed: {error}");
+        }
+    }
+    built.insert(name.to_string(), raw.clone());
+    raw
+}
+
+/// The accelerator for this test run, probed once.
+pub fn accel() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| {
+        let (accel, reason) = accel::detect();
+        eprintln!("QEMU accelerator: {accel} ({reason})");
+        accel
+    })
+}
+
+/// A VM owned by one test. When the test panics, the console tail is
+/// printed and the whole log stays in its state directory.
+pub struct TestVm {
+    pub vm: Vm,
+    pub name: String,
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- console of {} (full log: {}) ---\n{}\n---",
+                self.name,
+                self.vm.paths.console_log.display(),
+                self.vm.console_tail(60)
+            );
+        }
+    }
+}
+
+impl std::ops::Deref for TestVm {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+impl std::ops::DerefMut for TestVm {
+    fn deref_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+}
+
+/// Boots `image` in a VM named after the test.
+pub fn boot(test: &str, image: &Path) -> TestVm {
+    let state_dir = scratch().join("vms").join(test);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let config = VmConfig {
+        image: image.to_path_buf(),
+        persist: false,
+        memory_mib: 1024,
+        cpus: 2,
+        accel: accel(),
+        forwards: Vec::new(),
+        tpm: true,
+        disk_size: None,
+        state_dir,
+        interactive: false,
+    };
+    let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
+    TestVm { vm, name: test.to_string() }
+}
+
+/// Returns the PIDs of QEMU and swtpm processes whose command line
+/// mentions `marker`.
+pub fn processes_mentioning(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if (cmdline.contains("qemu-system") || cmdline.contains("swtpm")) && cmdline.contains(marker) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
