@@ -11,4 +11,5 @@ pub mod config;
 pub mod init;
 pub mod net;
 pub mod run;
+pub mod runtime;
 pub mod status;

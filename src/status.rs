@@ -71,8 +71,8 @@ pub struct ServiceStatus {
     pub healthy: bool,
     /// Restarts after an unexpected exit since boot.
     pub restarts: u32,
-    /// How the previous process ended, for example `exited with status 1`
-    /// or `killed by signal SIGSEGV`.
+    /// Exit of the previous process, for example `exited with status 1` or
+    /// `killed by signal SIGSEGV`.
     pub last_exit: Option<String>,
     /// Process id of the running service process.
     pub pid: Option<i32>,

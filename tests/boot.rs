@@ -55,27 +55,3 @@ fn crash_loop_backs_off_and_orphans_are_reaped() {
     let zombies = status.zombies;
     assert_eq!(zombies, 0, "PID 1 left zombies");
 }
-
-#[test]
-fn verity_mismatch_stops_boot_with_reason() {
-    let source = image("test-boot");
-    let dir = harness::scratch().join("verity-mismatch");
-    std::fs::create_dir_all(&dir).unwrap();
-    let corrupted = dir.join("corrupted.raw");
-    std::fs::copy(&source, &corrupted).unwrap();
-
-    // Flip one byte of the EROFS superblock in slot A (it starts 1 KiB into
-    // the partition), so the first verity-checked read fails.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(source.with_file_name("manifest.json")).unwrap()).unwrap();
-    let root_offset = manifest["partitions"]["partitions"][1]["offset"].as_u64().unwrap();
-    let mut bytes = std::fs::read(&corrupted).unwrap();
-    let at = (root_offset + 1024 + 8) as usize;
-    bytes[at] ^= 0xff;
-    std::fs::write(&corrupted, bytes).unwrap();
-
-    let mut vm = boot("verity_mismatch_stops_boot_with_reason", &corrupted);
-    let line = vm.wait_for_console("ztms-init: boot failed", BOOT_TIMEOUT).unwrap();
-    assert!(line.contains("verity"), "reason does not name verity: {line}");
-    assert!(!vm.console().contains("ztms-init: ready"));
-}

@@ -15,7 +15,7 @@ use super::BuildError;
 use crate::config::Loaded;
 
 /// Bump when the layout of a cache entry changes.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
 
 /// Paths dpkg never writes into the tree: documentation, manuals and
 /// locales, but keeping the copyright files.

@@ -12,6 +12,10 @@ use object::{Object, ObjectSection};
 /// supports: virtio, NVMe, AHCI and USB storage, then dm-verity, dm-crypt
 /// and EROFS. A name that the kernel has built in is skipped.
 pub const STAGE1_MODULES: &[&str] = &[
+    // libcrc32c (needed by EROFS) asks the crypto API for "crc32c" at load
+    // time and fails with ENOENT unless an implementation is loaded first.
+    "crc32c_intel",
+    "crc32c_generic",
     "virtio_pci",
     "virtio_blk",
     "virtio_scsi",
@@ -34,6 +38,8 @@ pub const STAGE1_MODULES: &[&str] = &[
 pub struct Module {
     pub path: String,
     pub depends: Vec<String>,
+    /// Modules named by `softdep=pre:`, loaded first when they exist.
+    pub soft_pre: Vec<String>,
 }
 
 /// Every module of one kernel, by normalized name (`-` replaced by `_`).
@@ -78,7 +84,7 @@ impl ModuleIndex {
                     continue;
                 }
                 let data = std::fs::read(&path)?;
-                let (name, depends) = read_modinfo(&data).map_err(|message| {
+                let (name, depends, soft_pre) = read_modinfo(&data).map_err(|message| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("{}: {message}", path.display()))
                 })?;
                 let relative = path
@@ -89,7 +95,7 @@ impl ModuleIndex {
                 let name = name.unwrap_or_else(|| {
                     normalize(path.file_stem().and_then(|s| s.to_str()).unwrap_or_default())
                 });
-                index.modules.insert(name, Module { path: relative, depends });
+                index.modules.insert(name, Module { path: relative, depends, soft_pre });
             }
         }
         Ok(index)
@@ -128,6 +134,9 @@ impl ModuleIndex {
             return Ok(());
         }
         let module = self.modules.get(name).ok_or_else(|| MissingModule { name: name.into() })?;
+        for soft in module.soft_pre.iter().filter(|soft| self.modules.contains_key(*soft)) {
+            self.visit(soft, visited, ordered)?;
+        }
         for dependency in &module.depends {
             self.visit(dependency, visited, ordered)?;
         }
@@ -152,24 +161,44 @@ impl ModuleIndex {
     }
 }
 
-/// Returns the `name=` and `depends=` fields of a module's `.modinfo`.
-fn read_modinfo(data: &[u8]) -> Result<(Option<String>, Vec<String>), String> {
+/// Returns the `name=`, `depends=` and `softdep=pre:` fields of a module's
+/// `.modinfo`.
+fn read_modinfo(data: &[u8]) -> Result<(Option<String>, Vec<String>, Vec<String>), String> {
     let file = object::File::parse(data).map_err(|e| format!("not an ELF module: {e}"))?;
     let Some(section) = file.section_by_name(".modinfo") else {
-        return Ok((None, Vec::new()));
+        return Ok((None, Vec::new(), Vec::new()));
     };
     let contents = section.data().map_err(|e| format!("unreadable .modinfo: {e}"))?;
     let mut name = None;
     let mut depends = Vec::new();
+    let mut soft_pre = Vec::new();
     for field in contents.split(|&b| b == 0) {
         let field = String::from_utf8_lossy(field);
         if let Some(value) = field.strip_prefix("name=") {
             name = Some(normalize(value));
         } else if let Some(value) = field.strip_prefix("depends=") {
             depends = value.split(',').filter(|d| !d.is_empty()).map(normalize).collect();
+        } else if let Some(value) = field.strip_prefix("softdep=") {
+            soft_pre.extend(parse_soft_pre(value));
         }
     }
-    Ok((name, depends))
+    Ok((name, depends, soft_pre))
+}
+
+/// Returns the names after `pre:` in a softdep value such as
+/// `pre: crc32c post: foo`.
+fn parse_soft_pre(value: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_pre = false;
+    for word in value.split_whitespace() {
+        match word {
+            "pre:" => in_pre = true,
+            "post:" => in_pre = false,
+            name if in_pre => names.push(normalize(name)),
+            _ => {}
+        }
+    }
+    names
 }
 
 #[cfg(test)]
@@ -187,7 +216,11 @@ mod tests {
         ] {
             index.modules.insert(
                 name.into(),
-                Module { path: path.into(), depends: depends.into_iter().map(String::from).collect() },
+                Module {
+                    path: path.into(),
+                    depends: depends.into_iter().map(String::from).collect(),
+                    soft_pre: Vec::new(),
+                },
             );
         }
         index.builtin.insert("sd_mod".into());
@@ -210,6 +243,12 @@ mod tests {
         let error = index().closure(&["nope"], true).unwrap_err();
         assert_eq!(error.name, "nope");
         assert!(index().closure(&["nope"], false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn softdep_pre_names_parsed() {
+        assert_eq!(parse_soft_pre("pre: crc32c post: x-y"), ["crc32c"]);
+        assert!(parse_soft_pre("post: a").is_empty());
     }
 
     #[test]

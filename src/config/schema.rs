@@ -4,6 +4,7 @@
 //! generated from the JSON schema that these types derive (`ztms config-docs`),
 //! and a test checks that the committed page matches.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use schemars::JsonSchema;
@@ -27,7 +28,8 @@ pub struct Definition {
     /// Sizes of the partitions written by `ztms build`.
     #[serde(default)]
     pub disk: Disk,
-    /// Network segments: one bridge and one subnet each.
+    /// Network segments: one IPv4 subnet each, whose first address is the
+    /// gateway of its services.
     #[serde(default = "default_segments", rename = "segment")]
     pub segments: Vec<Segment>,
     /// Services, each run as an OCI container in its own network namespace.
@@ -42,6 +44,15 @@ pub struct Definition {
     /// Debug access for test images. Production images leave every key off.
     #[serde(default)]
     pub debug: Debug,
+    /// The uplink interface and its IPv4 setting.
+    #[serde(default)]
+    pub network: Network,
+    /// WireGuard tunnel to a VPN provider for services with `egress = "vpn"`.
+    #[serde(default)]
+    pub vpn: Option<Vpn>,
+    /// WireGuard remote access to services.
+    #[serde(default)]
+    pub wireguard: RemoteAccess,
 }
 
 /// Identity of the appliance.
@@ -151,7 +162,7 @@ impl Default for Disk {
     }
 }
 
-/// A network segment: a bridge with its own IPv4 subnet.
+/// A network segment: an IPv4 subnet for a group of services.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Segment {
@@ -205,6 +216,9 @@ pub struct Service {
     /// Named exceptions to the default container policy, each with a reason.
     #[serde(default)]
     pub exceptions: Vec<Exception>,
+    /// Resource limits of the service's cgroup and process.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// A port a service listens on, and whether the uplink reaches it.
@@ -303,6 +317,163 @@ pub struct Exception {
     pub allow: String,
     /// Why the service needs it; printed by `ztms audit`.
     pub reason: String,
+}
+
+/// Resource limits of one service. The kernel enforces them through the
+/// service's cgroup (v2 names in brackets) and its rlimits.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Memory of the cgroup, tmpfs pages included (`memory.max`). Above it
+    /// the kernel's OOM killer stops the service. Swap is not used.
+    #[serde(default = "default_memory_limit")]
+    #[schemars(with = "String")]
+    pub memory: ByteSize,
+    /// CPU time as a number of CPUs (`cpu.max`), for example `0.5` or `2.0`.
+    #[serde(default = "default_cpus")]
+    pub cpus: f64,
+    /// Processes and threads in the cgroup (`pids.max`).
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    /// Open file descriptors per process (`RLIMIT_NOFILE`, soft and hard).
+    #[serde(default = "default_nofile")]
+    pub nofile: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory: default_memory_limit(),
+            cpus: default_cpus(),
+            pids: default_pids(),
+            nofile: default_nofile(),
+        }
+    }
+}
+
+/// The uplink: the one interface that connects the appliance to the outside.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Kernel name of the uplink interface, at most 15 characters.
+    #[serde(default = "default_uplink_interface")]
+    pub interface: String,
+    /// IPv4 setting of the uplink: `"dhcp"`, or the appliance's address in
+    /// CIDR notation, for example `"192.168.1.10/24"`.
+    #[serde(default = "default_uplink_ipv4")]
+    pub ipv4: String,
+    /// Default gateway of a static `ipv4`; it must lie in that subnet.
+    /// Leave it off with `"dhcp"`.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// DNS servers of the uplink, used by services with `egress = "internet"`.
+    /// Required with a static `ipv4`; with `"dhcp"` they replace the servers
+    /// the DHCP server offers.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// New connections per second that one source address may open to the
+    /// published ports; the firewall drops the rest.
+    #[serde(default = "default_new_connections_per_second")]
+    pub new_connections_per_second: u32,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            interface: default_uplink_interface(),
+            ipv4: default_uplink_ipv4(),
+            gateway: None,
+            dns: Vec::new(),
+            new_connections_per_second: default_new_connections_per_second(),
+        }
+    }
+}
+
+/// The WireGuard tunnel to a VPN provider, the only way out for services
+/// with `egress = "vpn"`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Vpn {
+    /// The provider's WireGuard endpoint as `host:port`. A host name is
+    /// resolved at boot through the uplink's DNS servers.
+    pub endpoint: String,
+    /// The provider's public key: 32 bytes in base64, as `wg pubkey` prints it.
+    pub public_key: String,
+    /// Absolute path, on the appliance, of the file that contains the
+    /// appliance's private key for this tunnel (the output of `wg genkey`).
+    /// Keep it under `/data`: the image itself carries no secret.
+    pub private_key_file: PathBuf,
+    /// Tunnel addresses that the provider assigned, in CIDR notation, for
+    /// example `"10.64.12.3/32"`.
+    pub addresses: Vec<String>,
+    /// DNS servers reached through the tunnel; services with `egress = "vpn"`
+    /// resolve names only through them. Each must lie in `allowed_ips`.
+    pub dns: Vec<Ipv4Addr>,
+    /// Destinations routed into the tunnel, in CIDR notation.
+    #[serde(default = "default_vpn_allowed_ips")]
+    pub allowed_ips: Vec<String>,
+    /// MTU of the `wg-vpn` interface in bytes.
+    #[serde(default = "default_wireguard_mtu")]
+    pub mtu: u16,
+    /// Seconds between keepalive packets that hold the provider's NAT
+    /// mapping open; 0 sends none.
+    #[serde(default = "default_persistent_keepalive")]
+    pub persistent_keepalive: u16,
+}
+
+/// Remote access: the `wg-remote` WireGuard interface that the declared
+/// peers (phones, laptops) connect to. The uplink opens its port only when
+/// at least one peer is declared.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteAccess {
+    /// UDP port of `wg-remote` on the uplink.
+    #[serde(default = "default_wireguard_port")]
+    pub listen_port: u16,
+    /// IPv4 subnet of the peers in CIDR notation. The appliance takes its
+    /// first address; it must not overlap a segment.
+    #[serde(default = "default_remote_subnet")]
+    pub subnet: String,
+    /// Absolute path, on the appliance, of the file that contains the private
+    /// key of `wg-remote` (the output of `wg genkey`).
+    #[serde(default = "default_remote_private_key_file")]
+    pub private_key_file: PathBuf,
+    /// MTU of the `wg-remote` interface in bytes.
+    #[serde(default = "default_wireguard_mtu")]
+    pub mtu: u16,
+    /// Devices allowed to connect.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<RemotePeer>,
+}
+
+impl Default for RemoteAccess {
+    fn default() -> Self {
+        Self {
+            listen_port: default_wireguard_port(),
+            subnet: default_remote_subnet(),
+            private_key_file: default_remote_private_key_file(),
+            mtu: default_wireguard_mtu(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// A device allowed to connect to `wg-remote`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemotePeer {
+    /// Peer name: lowercase letters, digits and `-`.
+    pub name: String,
+    /// The peer's public key: 32 bytes in base64, as `wg pubkey` prints it.
+    pub public_key: String,
+    /// The peer's tunnel address in `wireguard.subnet`. Without it, the
+    /// network plan derives one from a hash of the name, which stays the
+    /// same as long as no other peer takes it first.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// Services the peer may connect to, as `service:port/proto`.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// Encrypted data partition settings.
@@ -422,8 +593,60 @@ fn default_segments() -> Vec<Segment> {
     .to_vec()
 }
 
+fn default_uplink_interface() -> String {
+    "eth0".into()
+}
+
+fn default_uplink_ipv4() -> String {
+    "dhcp".into()
+}
+
+fn default_new_connections_per_second() -> u32 {
+    20
+}
+
+fn default_vpn_allowed_ips() -> Vec<String> {
+    vec!["0.0.0.0/0".into()]
+}
+
+fn default_wireguard_mtu() -> u16 {
+    1420
+}
+
+fn default_persistent_keepalive() -> u16 {
+    25
+}
+
+fn default_wireguard_port() -> u16 {
+    51820
+}
+
+fn default_remote_subnet() -> String {
+    "10.80.100.0/24".into()
+}
+
+fn default_remote_private_key_file() -> PathBuf {
+    "/data/config/wireguard/remote.key".into()
+}
+
 fn default_user() -> String {
     "1000:1000".into()
+}
+
+fn default_memory_limit() -> ByteSize {
+    ByteSize(512 << 20)
+}
+
+fn default_cpus() -> f64 {
+    1.0
+}
+
+fn default_pids() -> u32 {
+    256
+}
+
+fn default_nofile() -> u64 {
+    65536
 }
 
 fn default_http_path() -> String {

@@ -66,7 +66,7 @@ ports = [{{ port = 8443, publish = 443 }}]
     assert!(error.contains("\"proxy\""), "{error}");
     assert!(error.contains("\"other\""), "{error}");
     assert!(error.contains("443/tcp"), "{error}");
-    assert!(error.starts_with("images/t.toml:16:"), "{error}");
+    assert!(error.starts_with("images/t.toml:15:35:"), "{error}");
 }
 
 #[test]

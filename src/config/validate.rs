@@ -78,7 +78,8 @@ pub(super) fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     }
 
     validate_segments(loaded)?;
-    validate_services(loaded)
+    validate_services(loaded)?;
+    validate_network(loaded)
 }
 
 fn validate_segments(loaded: &Loaded) -> Result<(), ConfigError> {
@@ -231,4 +232,28 @@ fn sorted(set: &HashSet<&str>) -> String {
     let mut names: Vec<&str> = set.iter().copied().collect();
     names.sort_unstable();
     names.join(", ")
+}
+
+/// Checks the uplink, the matrix, the VPN and remote access by computing
+/// the network plan, which rejects every inconsistency with the value and
+/// the fix.
+fn validate_network(loaded: &Loaded) -> Result<(), ConfigError> {
+    use crate::net::PlanError;
+
+    let Err(error) = crate::net::NetworkPlan::from_definition(&loaded.definition) else {
+        return Ok(());
+    };
+    // Point at the offending value where the source text shows it.
+    let needle = match &error {
+        PlanError::Invalid { value, .. } => format!("{value:?}"),
+        PlanError::Allow { entry, .. } => format!("{entry:?}"),
+        PlanError::Overlap { second_subnet, .. } => format!("\"{second_subnet}\""),
+        PlanError::VpnMissing { .. } => "egress = \"vpn\"".into(),
+        PlanError::VpnPublished { .. } | PlanError::Full { .. } => String::new(),
+    };
+    let span = match loaded.source.find(&needle) {
+        Some(start) if !needle.is_empty() => start..start + needle.len(),
+        _ => 0..0,
+    };
+    Err(loaded.invalid(span, error.to_string()))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Delay before the first restart.
 pub const INITIAL: Duration = Duration::from_secs(1);
-/// Longest delay between restarts.
+/// Maximum delay between restarts.
 pub const MAX: Duration = Duration::from_secs(60);
 /// A service healthy for this long before it exits restarts after
 /// [`INITIAL`] again.

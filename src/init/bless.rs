@@ -3,8 +3,8 @@
 //! systemd-boot keeps choosing it instead of falling back to the other
 //! slot.
 //!
-//! systemd-boot renames the counted file before it starts the kernel and
-//! stores the new path in the `LoaderBootCountPath` variable; that name is
+//! systemd-boot renames the counted file before it starts the kernel, and
+//! stores the new path in the `LoaderBootCountPath` variable. That file is
 //! the one to bless. `LoaderEntrySelected` holds the entry id, the file name
 //! as systemd-boot found it, and serves as a fallback when the first
 //! variable is absent.
@@ -19,7 +19,7 @@ use crate::build::layout::{self, Role};
 
 /// Vendor GUID of the variables systemd-boot sets (Boot Loader Interface).
 pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
-/// Where efivarfs is mounted.
+/// Mount point of efivarfs.
 pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 /// Directory of type #2 boot entries (UKIs) on the ESP.
 const UKI_DIRECTORY: &str = "EFI/Linux";
@@ -76,7 +76,7 @@ pub fn strip_boot_counter(name: &str) -> Option<String> {
     Some(format!("{}{suffix}", &stem[..plus]))
 }
 
-/// Decodes an efivarfs file that holds a string: 4 bytes of attributes,
+/// Decodes an efivarfs file that contains a string: 4 bytes of attributes,
 /// then UTF-16LE up to a NUL or the end.
 pub fn decode_string_variable(bytes: &[u8]) -> Option<String> {
     let data = bytes.get(4..)?;
@@ -107,7 +107,7 @@ fn read_variable(name: &str) -> Result<Option<String>, BlessError> {
     }
 }
 
-/// What to rename, found from the boot loader's variables.
+/// The file to rename, found from the boot loader's variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
     /// The exact path on the ESP.
@@ -211,7 +211,7 @@ fn rename_on_esp(mount_point: &str, target: &Target) -> Result<Outcome, BlessErr
 /// entry's, because systemd-boot renamed it after choosing it.
 fn find_counted(mount_point: &str, entry: &str) -> Result<PathBuf, BlessError> {
     let directory = Path::new(mount_point).join(UKI_DIRECTORY);
-    let wanted = strip_boot_counter(entry).unwrap_or_else(|| entry.to_string());
+    let expected = strip_boot_counter(entry).unwrap_or_else(|| entry.to_string());
     let not_found = || BlessError::EntryNotFound {
         directory: directory.display().to_string(),
         entry: entry.to_string(),
@@ -220,7 +220,7 @@ fn find_counted(mount_point: &str, entry: &str) -> Result<PathBuf, BlessError> {
     for file in entries.flatten() {
         let name = file.file_name().to_string_lossy().into_owned();
         let stripped = strip_boot_counter(&name);
-        if stripped.is_some_and(|stripped| stripped.eq_ignore_ascii_case(&wanted)) {
+        if stripped.is_some_and(|stripped| stripped.eq_ignore_ascii_case(&expected)) {
             return Ok(file.path());
         }
     }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Where the kernel lists block devices.
+/// Sysfs directory that lists the block devices.
 pub const SYS_CLASS_BLOCK: &str = "/sys/class/block";
 
 /// A block device found in sysfs.

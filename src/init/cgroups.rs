@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 pub const ROOT: &str = "/sys/fs/cgroup";
 /// Parent cgroup of every service.
 pub const SERVICES: &str = "/sys/fs/cgroup/ztms";
-/// Controllers that service limits use; those the kernel lacks are skipped.
-pub const WANTED: [&str; 4] = ["cpu", "io", "memory", "pids"];
+/// Controllers that service limits use. Those the kernel lacks are skipped.
+pub const SERVICE_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
 
 /// A failed cgroup operation.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub struct CgroupError {
     pub source: io::Error,
 }
 
-fn error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+fn error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError {
         action,
         path: path.to_path_buf(),
@@ -32,11 +32,11 @@ fn error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupE
     }
 }
 
-/// Returns the `cgroup.subtree_control` request that enables the wanted
+/// Returns the `cgroup.subtree_control` request that enables the service
 /// controllers present in `available` (the text of `cgroup.controllers`).
 pub fn subtree_request(available: &str) -> String {
     let present: Vec<&str> = available.split_whitespace().collect();
-    WANTED
+    SERVICE_CONTROLLERS
         .iter()
         .filter(|name| present.contains(name))
         .map(|name| format!("+{name}"))
@@ -100,7 +100,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_enables_present_wanted_controllers() {
+    fn request_enables_present_controllers() {
         assert_eq!(subtree_request("cpuset cpu io memory hugetlb pids rdma misc\n"), "+cpu +io +memory +pids");
     }
 

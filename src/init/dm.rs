@@ -159,15 +159,15 @@ impl Control {
         let request = nix::request_code_readwrite!(DM_IOCTL_TYPE, command, std::mem::size_of::<DmIoctl>());
         // An 8-byte aligned copy keeps the kernel's u64 fields aligned.
         let mut aligned = vec![0u64; buffer.len().div_ceil(8)];
-        // SAFETY: `aligned` holds at least `buffer.len()` bytes and the two
-        // allocations do not overlap.
+        // SAFETY: `aligned` has room for at least `buffer.len()` bytes, and
+        // the two allocations do not overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(buffer.as_ptr(), aligned.as_mut_ptr().cast::<u8>(), buffer.len());
         }
 
         // SAFETY: the buffer starts with a valid `struct dm_ioctl` whose
         // data_size equals the buffer's length, so the kernel reads and
-        // writes only inside it; the fd is the open control node.
+        // writes only inside it. The fd is the open control node.
         let result = unsafe { libc::ioctl(self.file.as_raw_fd(), request as _, aligned.as_mut_ptr()) };
         if result < 0 {
             return Err(DmError::Ioctl {

@@ -66,7 +66,7 @@ pub fn parse_status(head: &[u8]) -> Option<Result<u16, String>> {
     }
 }
 
-/// A 2xx or 3xx status counts as healthy.
+/// Returns true for a 2xx or 3xx status, which counts as healthy.
 pub fn status_is_healthy(code: u16) -> bool {
     (200..400).contains(&code)
 }
@@ -104,13 +104,13 @@ impl NetProbe {
 
     /// Returns the verdict once the deadline has passed.
     pub fn expire(&self) -> Progress {
-        let what = match (&self.stage, &self.request) {
+        let missing = match (&self.stage, &self.request) {
             (Stage::Connecting, _) => "connect",
             (_, Some(_)) => "HTTP reply",
             (_, None) => "connect",
         };
         Progress::Unhealthy(format!(
-            "no {what} from {} within {} ms",
+            "no {missing} from {} within {} ms",
             self.address,
             self.timeout.as_millis()
         ))

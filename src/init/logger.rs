@@ -17,8 +17,8 @@ use std::sync::Mutex;
 /// Log target of lines that a service wrote to its stdout or stderr.
 pub const SERVICE_OUTPUT: &str = "service-output";
 
-/// Longest line written, in bytes; longer ones are cut so a service that
-/// prints megabytes without a newline cannot stall the console.
+/// Maximum line length written, in bytes. Longer lines are cut, so a
+/// service that prints megabytes without a newline cannot stall the console.
 const MAX_LINE: usize = 2048;
 
 struct Sinks {

@@ -40,10 +40,24 @@ pub fn kernel_release() -> io::Result<String> {
     Ok(info.release().to_string_lossy().into_owned())
 }
 
+/// A module that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("opening module {path} failed: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    /// ENOENT from finit_module(2) means a symbol or a crypto algorithm the
+    /// module needs is missing, not the file.
+    #[error("the kernel rejected module {path}: {source}; the kernel log names the missing symbol or dependency")]
+    Rejected { path: PathBuf, source: io::Error },
+}
+
 /// Loads the module file at `path`; a module the kernel already has counts
 /// as loaded.
-pub fn load_file(path: &Path) -> io::Result<Loaded> {
-    let file = File::open(path)?;
+pub fn load_file(path: &Path) -> Result<Loaded, ModuleError> {
+    let file = File::open(path).map_err(|source| ModuleError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let compressed = matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("xz" | "zst" | "gz")
@@ -69,7 +83,10 @@ pub fn load_file(path: &Path) -> io::Result<Loaded> {
     if error.raw_os_error() == Some(libc::EEXIST) {
         return Ok(Loaded::AlreadyLoaded);
     }
-    Err(error)
+    Err(ModuleError::Rejected {
+        path: path.to_path_buf(),
+        source: error,
+    })
 }
 
 /// Loads every module of `paths` below `base` in order, logging each
@@ -84,7 +101,7 @@ pub fn load_all(base: &Path, paths: &[String]) -> usize {
             Ok(Loaded::AlreadyLoaded) => log::debug!("module {} was already loaded", path.display()),
             Err(error) => {
                 failures += 1;
-                log::warn!("loading module {} failed: {error}", path.display());
+                log::warn!("{error}");
             }
         }
     }
@@ -100,7 +117,7 @@ pub struct ModuleIndex {
     builtin: HashSet<String>,
 }
 
-/// Where a requested module comes from.
+/// Source of a requested module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// Files to load, dependencies first.

@@ -59,7 +59,7 @@ const DEV: MountSpec = MountSpec {
     condition: Condition::Always,
 };
 
-/// `/run` holds sockets and generated files, never programs.
+/// `/run` contains sockets and generated files, never programs.
 const RUN: MountSpec = MountSpec {
     source: "tmpfs",
     target: "/run",

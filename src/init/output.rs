@@ -3,7 +3,8 @@
 
 use std::collections::VecDeque;
 
-/// Longest line kept; a longer run of bytes without a newline is split.
+/// Maximum line length, in bytes. A longer run of bytes without a newline
+/// is split.
 pub const MAX_LINE: usize = 4096;
 /// Lines kept per service for crash reports.
 pub const TAIL_LINES: usize = 20;

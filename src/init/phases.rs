@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::status::{PhaseState, PhaseStatus};
 
-/// What a failed phase means for the rest of the boot.
+/// Consequence of a failed phase for the rest of the boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
     /// Later phases run, but services do not start: the appliance stays up

@@ -1,9 +1,9 @@
 //! Shutdown requests: signals through a signalfd, and the ACPI power button
 //! through its evdev device.
 //!
-//! PID 1 receives only the signals it handles; blocked signals are queued
-//! and read from the signalfd in the main loop, so no handler runs
-//! asynchronously.
+//! The kernel drops signals to PID 1 that it neither handles nor blocks.
+//! ztms-init blocks the ones it handles and reads them from the signalfd in
+//! the main loop, so no handler runs asynchronously.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// What the appliance does when it stops.
+/// Final step of a shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     PowerOff,

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 /// PATH of every child; services get no other variable from ztms-init.
 const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// What to run and as whom.
+/// Command and credentials of a child process.
 #[derive(Debug)]
 pub struct SpawnRequest<'a> {
     /// Program (an absolute path) and arguments.
@@ -38,10 +38,10 @@ pub struct Spawned {
     pub output: Option<OwnedFd>,
 }
 
-/// Starts `request.argv` in a new session and process group, with an empty
-/// signal mask, SIGPIPE at its default, stdin on /dev/null, a fixed PATH,
-/// `/` as working directory, the user's uid and gid with no supplementary
-/// group but the gid, and no_new_privs set.
+/// Starts `request.argv` in a new session and process group. The child gets
+/// an empty signal mask, SIGPIPE at its default, stdin on /dev/null, a fixed
+/// PATH and `/` as working directory. It runs as the request's uid and gid,
+/// with the gid as its only supplementary group, and with no_new_privs set.
 ///
 /// The caller owns the child from here: the returned pid must go into the
 /// supervisor's pid table before the next `waitpid`, and nothing may call
@@ -78,9 +78,9 @@ pub fn spawn(request: &SpawnRequest) -> io::Result<Spawned> {
     let uid = request.uid;
     let gid = request.gid;
     let cgroup_fd: Option<RawFd> = request.cgroup_procs.map(AsRawFd::as_raw_fd);
-    // SAFETY: the closure runs in the forked child before exec, and only
+    // SAFETY: the closure runs in the forked child before exec. It only
     // makes async-signal-safe system calls on values copied in before the
-    // fork; it allocates nothing and takes no lock.
+    // fork, and it allocates nothing and takes no lock.
     unsafe {
         command.pre_exec(move || prepare_child(uid, gid, cgroup_fd));
     }

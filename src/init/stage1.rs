@@ -16,7 +16,7 @@ use super::mounts::{self, MountError};
 use super::verity::{self, VerityError};
 use super::{logger, modules, STARTED_ENV};
 
-/// Where the root filesystem is mounted before the switch.
+/// Mount point of the root filesystem before the switch.
 const SYSROOT: &str = "/sysroot";
 /// Stage 2 inside the root filesystem.
 pub const STAGE2_PATH: &str = "/usr/lib/ztms/ztms-init";
@@ -27,7 +27,7 @@ const PARTITION_TIMEOUT: Duration = Duration::from_secs(10);
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
-/// Why stage 1 could not hand over to stage 2.
+/// An error that stops stage 1 before it hands over to stage 2.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error(transparent)]
@@ -178,7 +178,7 @@ fn free_initramfs() {
     let Ok(stats) = nix::sys::statfs::statfs("/") else {
         return;
     };
-    let magic = stats.filesystem_type().0 as i64;
+    let magic = stats.filesystem_type().0;
     if magic != RAMFS_MAGIC && magic != TMPFS_MAGIC {
         log::debug!("the old root is not ramfs or tmpfs; leaving it in place");
         return;

@@ -1,5 +1,5 @@
-//! The read-only status API: a unix socket that answers one request per
-//! connection, and in test images a virtio-serial port that answers any
+//! The read-only status API: a unix socket that serves one request per
+//! connection, and in test images a virtio-serial port that serves any
 //! number. Both are non-blocking and served from the main loop.
 
 use std::io::{self, Read, Write};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::status::{ErrorReply, Status, REQUEST};
 
-/// Longest request line accepted.
+/// Maximum length of a request line, in bytes.
 const MAX_REQUEST: usize = 256;
 /// Time a client has to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,9 +27,9 @@ pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
     let body = if request == REQUEST {
         serde_json::to_string(&status())
     } else {
-        let shown: String = request.chars().take(40).collect();
+        let truncated: String = request.chars().take(40).collect();
         serde_json::to_string(&ErrorReply {
-            error: format!("unknown request {shown:?}; send \"{REQUEST}\""),
+            error: format!("unknown request {truncated:?}; send \"{REQUEST}\""),
         })
     };
     match body {
@@ -130,7 +130,7 @@ impl StatusServer {
         let mut fds: Vec<RawFd> = self.listener.iter().map(AsRawFd::as_raw_fd).collect();
         fds.extend(self.connections.iter().map(|c| c.stream.as_raw_fd()));
         if let Some(serial) = &self.serial {
-            if serial.paused_until.is_none_or(|until| until <= now) {
+            if serial.paused_until.map_or(true, |until| until <= now) {
                 fds.push(serial.file.as_raw_fd());
             }
         }
@@ -206,7 +206,7 @@ impl StatusServer {
             return connection.buffer.len() > MAX_REQUEST;
         };
         // The reply is a few kilobytes and the socket buffer is empty, so
-        // one write normally takes it all; a client that does not read
+        // one write normally takes it all. A client that does not read
         // loses the rest.
         let _ = connection.stream.write_all(reply(&line, status).as_bytes());
         true

@@ -40,7 +40,7 @@ const CRASH_LOOP_EXITS: u32 = 3;
 /// Interval of "still not healthy" log lines of a starting service.
 const NOT_HEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Who a child process belongs to.
+/// Owner of a child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
     /// The main process of the service with this index.
@@ -667,5 +667,200 @@ impl Supervisor {
         for index in 0..self.services.len() {
             self.drain_pipes_of(index);
         }
+    }
+
+    /// Returns the pids in the table, so tests can reap only their own
+    /// children.
+    #[cfg(test)]
+    fn owned_pids(&self) -> Vec<Pid> {
+        self.owners.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::plan::ServicePlan;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    fn service(name: &str, command: &[&str], health: HealthPlan, depends_on: &[&str]) -> ServicePlan {
+        ServicePlan {
+            name: name.into(),
+            command: command.iter().map(|part| part.to_string()).collect(),
+            uid: 0,
+            gid: 0,
+            depends_on: depends_on.iter().map(|part| part.to_string()).collect(),
+            health,
+            address: Ipv4Addr::LOCALHOST,
+        }
+    }
+
+    fn plan(services: Vec<ServicePlan>) -> AppliancePlan {
+        AppliancePlan {
+            name: "test".into(),
+            version: "1".into(),
+            hostname: "test".into(),
+            status_serial: false,
+            ready_timeout_secs: 10,
+            services,
+        }
+    }
+
+    /// Spawning drops privileges with setgroups(2), which needs root.
+    fn can_spawn() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("skipped: spawning services needs root");
+        }
+        root
+    }
+
+    /// Runs the loop's steps for the supervisor's own children until
+    /// `done` holds or `timeout` passes. Reaps only pids from the table,
+    /// because other tests of this process have children too.
+    fn drive(supervisor: &mut Supervisor, timeout: Duration, done: impl Fn(&Supervisor) -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            let mut poll_fds: Vec<libc::pollfd> = supervisor
+                .poll_fds()
+                .into_iter()
+                .map(|(fd, events)| libc::pollfd { fd, events, revents: 0 })
+                .collect();
+            // SAFETY: a live, correctly sized pollfd array.
+            unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, 10) };
+            let now = Instant::now();
+            for poll_fd in poll_fds.iter().filter(|p| p.revents != 0) {
+                supervisor.on_fd_ready(poll_fd.fd, now);
+            }
+            for pid in supervisor.owned_pids() {
+                if let Ok(status) = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    if status != WaitStatus::StillAlive {
+                        supervisor.on_child_exit(status, now);
+                    }
+                }
+            }
+            supervisor.tick(now);
+            if done(supervisor) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Kills every service and reaps what the table owns.
+    fn stop_all(supervisor: &mut Supervisor) {
+        supervisor.begin_shutdown();
+        for index in 0..supervisor.len() {
+            supervisor.force_kill(index);
+        }
+        for pid in supervisor.owned_pids() {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+            if let Ok(status) = waitpid(pid, None) {
+                supervisor.on_child_exit(status, Instant::now());
+            }
+        }
+    }
+
+    use nix::sys::wait::waitpid;
+
+    #[test]
+    fn crashing_service_backs_off() {
+        if !can_spawn() {
+            return;
+        }
+        let plan = plan(vec![service("crash", &["/bin/sh", "-c", "echo boom; exit 3"], HealthPlan::None, &[])]);
+        let mut supervisor = Supervisor::new(&plan, false);
+        supervisor.tick(Instant::now());
+
+        let exited = drive(&mut supervisor, Duration::from_secs(5), |s| s.statuses()[0].state == ServiceState::Backoff);
+        let status = supervisor.statuses()[0].clone();
+        let tail: Vec<String> = supervisor.services[0].tail.lines().map(str::to_string).collect();
+        stop_all(&mut supervisor);
+
+        assert!(exited, "{status:?}");
+        assert_eq!(status.restarts, 1);
+        assert_eq!(status.last_exit.as_deref(), Some("exited with status 3"));
+        assert!(!status.healthy);
+        assert_eq!(tail, ["boom"]);
+    }
+
+    #[test]
+    fn dependent_waits_for_health() {
+        if !can_spawn() {
+            return;
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let health = HealthPlan::Tcp { port, timeout_ms: 500 };
+        let plan = plan(vec![
+            service("db", &["/bin/sleep", "30"], health, &[]),
+            service("web", &["/bin/sleep", "30"], HealthPlan::None, &["db"]),
+        ]);
+        let mut supervisor = Supervisor::new(&plan, false);
+        supervisor.tick(Instant::now());
+        drive(&mut supervisor, Duration::from_millis(800), |_| false);
+        let before = supervisor.statuses();
+
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let started = drive(&mut supervisor, Duration::from_secs(5), Supervisor::all_healthy);
+        let after = supervisor.statuses();
+        drop(listener);
+        stop_all(&mut supervisor);
+
+        assert_eq!(before[0].state, ServiceState::Starting);
+        assert_eq!(before[1].state, ServiceState::Waiting);
+        assert!(started, "{after:?}");
+        assert_eq!(after[0].state, ServiceState::Running);
+        assert_eq!(after[1].state, ServiceState::Running);
+    }
+
+    #[test]
+    fn command_check_reports_failure_then_success() {
+        if !can_spawn() {
+            return;
+        }
+        let marker = tempfile::tempdir().unwrap();
+        let flag = marker.path().join("up");
+        let check = format!("test -e {}", flag.display());
+        let health = HealthPlan::Command {
+            command: vec!["/bin/sh".into(), "-c".into(), check],
+            timeout_ms: 1000,
+        };
+        let plan = plan(vec![service("svc", &["/bin/sleep", "30"], health, &[])]);
+        let mut supervisor = Supervisor::new(&plan, false);
+        supervisor.tick(Instant::now());
+        drive(&mut supervisor, Duration::from_millis(800), |_| false);
+        let before = supervisor.statuses()[0].clone();
+        let failure = supervisor.services[0].last_check_error.clone();
+
+        std::fs::write(&flag, "").unwrap();
+        let healthy = drive(&mut supervisor, Duration::from_secs(5), Supervisor::all_healthy);
+        stop_all(&mut supervisor);
+
+        assert!(!before.healthy);
+        assert_eq!(failure.as_deref(), Some("health check command exited with status 1"));
+        assert!(healthy);
+    }
+
+    #[test]
+    fn missing_program_is_spawn_failed() {
+        if !can_spawn() {
+            return;
+        }
+        let plan = plan(vec![service("ghost", &["/nonexistent/program"], HealthPlan::None, &[])]);
+        let mut supervisor = Supervisor::new(&plan, false);
+        supervisor.tick(Instant::now());
+        let status = supervisor.statuses()[0].clone();
+        stop_all(&mut supervisor);
+
+        assert_eq!(status.state, ServiceState::SpawnFailed);
+        assert_eq!(status.restarts, 1);
+        assert!(status.last_exit.unwrap().starts_with("start failed:"));
+    }
+
+    #[test]
+    fn exit_descriptions_name_status_and_signal() {
+        let pid = Pid::from_raw(7);
+        assert_eq!(describe_exit(&WaitStatus::Exited(pid, 2)), "exited with status 2");
+        assert_eq!(describe_exit(&WaitStatus::Signaled(pid, Signal::SIGSEGV, true)), "killed by signal SIGSEGV (core dumped)");
     }
 }

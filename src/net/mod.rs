@@ -1,6 +1,15 @@
-//! Network plan: segments, addresses and (later) the firewall matrix.
+//! Zero-trust networking, planning half: addresses, links and routes
+//! ([`plan`]), the nftables ruleset ([`nftables`]) and the WireGuard devices
+//! ([`wireguard`]). Everything here is pure, and ztms-init applies the result.
+
+pub mod address;
+pub mod nftables;
+pub mod plan;
+pub mod wireguard;
 
 use std::net::Ipv4Addr;
+
+pub use plan::{NetworkPlan, PlanError};
 
 /// Parses an IPv4 subnet in CIDR notation into its network address and
 /// prefix length, rejecting host bits and prefixes too long for services.
@@ -25,7 +34,10 @@ pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), String> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod subnet_tests {
     use super::*;
 
     #[test]

@@ -153,6 +153,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
         disk_size: None,
         state_dir: state_dir.path().to_path_buf(),
         interactive: !args.headless,
+        lan: None,
     };
     for forward in &forwards {
         let proto = if forward.udp { "udp" } else { "tcp" };

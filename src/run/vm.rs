@@ -87,6 +87,19 @@ pub struct VmConfig {
     /// Console on the terminal, keyboard included (`ztms run` without
     /// `--headless`).
     pub interactive: bool,
+    /// A second network card on a point-to-point link to another VM, for
+    /// LAN-side tests: one VM listens on a loopback port, the other connects.
+    pub lan: Option<LanLink>,
+}
+
+/// One end of a virtual Ethernet link between two VMs, carried over a TCP
+/// connection on 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LanLink {
+    pub port: u16,
+    pub listen: bool,
+    /// Last byte of the card's MAC address, so two VMs differ.
+    pub mac_suffix: u8,
 }
 
 /// Returns the QEMU arguments for `config`; `paths` are the files the VM
@@ -111,6 +124,13 @@ pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
         netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{}-:{}", forward.host, forward.guest));
     }
     push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+
+    if let Some(lan) = &config.lan {
+        let role = if lan.listen { "listen" } else { "connect" };
+        let netdev = format!("socket,id=lan0,{role}=127.0.0.1:{}", lan.port);
+        let device = format!("virtio-net-pci,netdev=lan0,mac=52:54:00:12:35:{:02x}", lan.mac_suffix);
+        push(&["-netdev", &netdev, "-device", &device]);
+    }
 
     push(&["-device", "virtio-serial-pci"]);
     let status = format!("socket,id=status,path={},server=on,wait=off", paths.status.display());
@@ -423,6 +443,36 @@ impl Vm {
         }
     }
 
+    /// Resets the machine as the reset button would, without warning the guest.
+    pub fn reset(&self) -> Result<(), VmError> {
+        self.monitor("system_reset")
+    }
+
+    /// Copies the VM's disk, as the guest left it, to a raw file at `out`
+    /// for inspection. Call it after QEMU has exited.
+    pub fn read_disk_raw(&self, out: &Path) -> Result<(), VmError> {
+        let format = image_format(&self.paths.disk)?;
+        let output = Command::new("qemu-img")
+            .args(["convert", "-f", &format, "-O", "raw"])
+            .arg(&self.paths.disk)
+            .arg(out)
+            .output()
+            .map_err(io("run qemu-img convert"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(VmError::Io {
+                action: format!("copy the disk to {}", out.display()),
+                source: std::io::Error::other(String::from_utf8_lossy(&output.stderr).trim().to_string()),
+            })
+        }
+    }
+
+    /// Returns the PID of swtpm, when the VM has a TPM.
+    pub fn swtpm_pid(&self) -> Option<u32> {
+        self.swtpm.as_ref().map(Child::id)
+    }
+
     /// Cuts the power: QEMU is killed without warning the guest.
     pub fn kill(&mut self) {
         let _ = self.qemu.kill();
@@ -522,6 +572,7 @@ mod tests {
             disk_size: None,
             state_dir: "/tmp/vm".into(),
             interactive: false,
+            lan: Some(LanLink { port: 40000, listen: true, mac_suffix: 2 }),
         }
     }
 
@@ -534,5 +585,6 @@ mod tests {
         assert!(args.contains("tpm-tis"), "{args}");
         assert!(args.contains("name=org.ztms.status"), "{args}");
         assert!(args.contains("OVMF_CODE_4M.fd"), "{args}");
+        assert!(args.contains("socket,id=lan0,listen=127.0.0.1:40000"), "{args}");
     }
 }

@@ -155,22 +155,8 @@ pub fn boot(test: &str, image: &Path) -> TestVm {
         disk_size: None,
         state_dir,
         interactive: false,
+        lan: None,
     };
     let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
     TestVm { vm, name: test.to_string() }
-}
-
-/// Returns the PIDs of QEMU and swtpm processes whose command line
-/// mentions `marker`.
-pub fn processes_mentioning(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if (cmdline.contains("qemu-system") || cmdline.contains("swtpm")) && cmdline.contains(marker) {
-            pids.push(pid);
-        }
-    }
-    pids
 }

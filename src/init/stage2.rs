@@ -1,0 +1,505 @@
+//! Stage 2, PID 1 in the root filesystem: the boot phases in order, then
+//! one poll(2) loop that supervises services, reaps every child, serves
+//! the status and waits for a shutdown request.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::phases::{panic_message, PhaseLog};
+use super::plan::{AppliancePlan, PLAN_PATH};
+use super::shutdown::{self, Shutdown};
+use super::signals::{self, Action, PowerButton};
+use super::status_server::StatusServer;
+use super::supervisor::Supervisor;
+use super::{cgroups, cmdline, logger, modules, mounts, network, storage, sysctl};
+use super::{boottime_ms, monotonic_ms};
+use crate::status::{self, Status};
+
+/// Modules stage 2 loads: input devices for the power button, the
+/// virtio-serial status port, and VFAT with its code pages for the ESP.
+const MODULES: [&str; 6] = ["evdev", "button", "virtio_console", "vfat", "nls_cp437", "nls_iso8859_1"];
+/// Maximum poll(2) wait, so housekeeping runs even without events.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+/// How long stage 2 keeps looking for power buttons and the status port,
+/// whose devices appear asynchronously after their modules load.
+const DEVICE_SCAN_PERIOD: Duration = Duration::from_secs(60);
+const DEVICE_SCAN_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Owner of a polled file descriptor.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Signals,
+    Button(usize),
+    Supervisor,
+    Status,
+}
+
+/// The state of PID 1 after the switch to the root filesystem.
+struct Init {
+    /// CLOCK_MONOTONIC milliseconds at the start of stage 1.
+    init_started_ms: u64,
+    started: Instant,
+    slot: String,
+    data_label: Option<String>,
+    plan: Option<AppliancePlan>,
+    phases: PhaseLog,
+    supervisor: Supervisor,
+    supervising: bool,
+    cgroups_enabled: bool,
+    signals: Option<SignalFd>,
+    buttons: Vec<PowerButton>,
+    status_server: StatusServer,
+    next_device_scan: Instant,
+    ready: bool,
+    ready_timeout_logged: bool,
+    shutdown: Option<Shutdown>,
+}
+
+/// Runs stage 2. Never returns.
+pub fn run(init_started_ms: u64) -> ! {
+    let mut init = Init::new(init_started_ms);
+    init.boot();
+    loop {
+        let step = panic::catch_unwind(AssertUnwindSafe(|| init.iterate()));
+        if let Err(payload) = step {
+            log::error!("main loop panicked: {}; going on", panic_message(payload.as_ref()));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if let Some(action) = init.finished_shutdown() {
+            // A bound socket keeps /run busy, so the status server closes
+            // before the unmount.
+            init.status_server = StatusServer::default();
+            shutdown::finish(action);
+        }
+    }
+}
+
+impl Init {
+    fn new(init_started_ms: u64) -> Self {
+        let signals = match signals::open() {
+            Ok(fd) => Some(fd),
+            Err(error) => {
+                log::error!("creating the signalfd failed: {error}; shutdown signals are not handled");
+                None
+            }
+        };
+        let (slot, data_label) = match std::fs::read_to_string("/proc/cmdline") {
+            Ok(text) => match cmdline::parse(&text) {
+                Ok(params) => {
+                    if let Some(level) = params.log_level {
+                        logger::set_level(level);
+                    }
+                    (params.slot, params.data_label)
+                }
+                Err(error) => {
+                    log::warn!("{error}");
+                    (String::new(), None)
+                }
+            },
+            Err(error) => {
+                log::warn!("cannot read /proc/cmdline: {error}");
+                (String::new(), None)
+            }
+        };
+        let empty = AppliancePlan {
+            name: String::new(),
+            version: String::new(),
+            hostname: String::new(),
+            status_serial: false,
+            ready_timeout_secs: 0,
+            services: Vec::new(),
+        };
+        let now = Instant::now();
+        Self {
+            init_started_ms,
+            started: now,
+            slot,
+            data_label,
+            plan: None,
+            phases: PhaseLog::default(),
+            supervisor: Supervisor::new(&empty, false),
+            supervising: false,
+            cgroups_enabled: false,
+            signals,
+            buttons: Vec::new(),
+            status_server: StatusServer::default(),
+            next_device_scan: now,
+            ready: false,
+            ready_timeout_logged: false,
+            shutdown: None,
+        }
+    }
+
+    /// Runs the phases up to and including `services`.
+    fn boot(&mut self) {
+        log::info!("stage 2 started ({} ms since init start)", self.since_init_ms());
+
+        let mut plan = None;
+        self.phases.run("plan", || {
+            let loaded = AppliancePlan::load(Path::new(PLAN_PATH)).map_err(|e| e.to_string())?;
+            log::info!(
+                "appliance {} {} with {} services",
+                loaded.name,
+                loaded.version,
+                loaded.services.len()
+            );
+            plan = Some(loaded);
+            Ok(())
+        });
+        self.plan = plan;
+
+        self.phases.run("mounts", || {
+            let failures = mounts::mount_table(&mounts::STAGE2);
+            mounts::populate();
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(join(&failures))
+            }
+        });
+        if let Err(error) = self.status_server.bind(Path::new(status::SOCKET_PATH)) {
+            log::error!("binding the status socket {} failed: {error}", status::SOCKET_PATH);
+        }
+
+        self.phases.run("sysctl", || {
+            let (applied, failures) = sysctl::apply(sysctl::SETTINGS);
+            log::info!("applied {applied} of {} sysctl settings", sysctl::SETTINGS.len());
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(join(&failures))
+            }
+        });
+
+        let mut cgroups_enabled = false;
+        self.phases.run("cgroups", || {
+            let enabled = cgroups::enable_controllers().map_err(|e| e.to_string())?;
+            log::info!("cgroup controllers enabled for services: {enabled}");
+            cgroups_enabled = true;
+            Ok(())
+        });
+        self.cgroups_enabled = cgroups_enabled;
+
+        let hostname = self.plan.as_ref().map(|plan| plan.hostname.clone());
+        self.phases.run("hostname", || {
+            let hostname = hostname.ok_or("no appliance plan")?;
+            nix::unistd::sethostname(&hostname).map_err(|e| format!("setting hostname {hostname:?} failed: {e}"))?;
+            log::info!("hostname is {hostname}");
+            Ok(())
+        });
+
+        self.phases.run("clock-entropy", || {
+            log_clock_and_entropy();
+            Ok(())
+        });
+
+        self.phases.run("modules", || {
+            let failed = modules::load_by_name(&MODULES).map_err(|e| format!("reading the module index failed: {e}"))?;
+            if !failed.is_empty() {
+                log::warn!("modules not loaded: {}", failed.join(", "));
+            }
+            Ok(())
+        });
+        self.scan_devices(Instant::now());
+
+        let data_label = self.data_label.clone();
+        match &self.plan {
+            Some(plan) => {
+                self.phases.run("storage", || storage::run(plan, data_label.as_deref()));
+                self.phases.run("network", || network::run(plan));
+            }
+            None => {
+                self.phases.skip("storage", "no appliance plan");
+                self.phases.skip("network", "no appliance plan");
+            }
+        }
+
+        self.start_services();
+    }
+
+    fn start_services(&mut self) {
+        if self.phases.services_blocked {
+            self.phases.skip("services", "an earlier phase failed; no service starts and the boot stays unblessed");
+            self.phases.skip("bless", "services did not start");
+            return;
+        }
+        let Some(plan) = self.plan.clone() else {
+            self.phases.skip("services", "no appliance plan");
+            self.phases.skip("bless", "no appliance plan");
+            return;
+        };
+        let cgroups_enabled = self.cgroups_enabled;
+        let mut supervisor = None;
+        self.phases.run("services", || {
+            let mut created = Supervisor::new(&plan, cgroups_enabled);
+            created.tick(Instant::now());
+            supervisor = Some(created);
+            Ok(())
+        });
+        if let Some(supervisor) = supervisor {
+            self.supervisor = supervisor;
+            self.supervising = true;
+        }
+    }
+
+    /// One round of the main loop: wait for events, handle them, run what
+    /// is due.
+    fn iterate(&mut self) {
+        let now = Instant::now();
+        let mut poll_fds: Vec<libc::pollfd> = Vec::new();
+        let mut sources: Vec<Source> = Vec::new();
+        let mut add = |fd: RawFd, events: i16, source: Source| {
+            poll_fds.push(libc::pollfd { fd, events, revents: 0 });
+            sources.push(source);
+        };
+        if let Some(signals) = &self.signals {
+            add(signals.as_raw_fd(), libc::POLLIN, Source::Signals);
+        }
+        for (index, button) in self.buttons.iter().enumerate() {
+            add(button.fd(), libc::POLLIN, Source::Button(index));
+        }
+        for (fd, events) in self.supervisor.poll_fds() {
+            add(fd, events, Source::Supervisor);
+        }
+        for fd in self.status_server.poll_fds(now) {
+            add(fd, libc::POLLIN, Source::Status);
+        }
+
+        let timeout = self.poll_timeout(now);
+        // SAFETY: `poll_fds` is a live, correctly sized array of pollfd for
+        // the duration of the call.
+        let count = unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, timeout) };
+        if count < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                log::warn!("poll failed: {error}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        let now = Instant::now();
+        let mut requested = None;
+        let mut gone_buttons = Vec::new();
+        for (poll_fd, source) in poll_fds.iter().zip(&sources) {
+            if poll_fd.revents == 0 {
+                continue;
+            }
+            match *source {
+                Source::Signals => requested = requested.or(self.read_signals()),
+                Source::Button(index) => match self.buttons[index].read_press() {
+                    Ok(true) => {
+                        log::info!("power button pressed");
+                        requested = requested.or(Some(Action::PowerOff));
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        log::warn!("power button {} failed: {error}", self.buttons[index].path.display());
+                        gone_buttons.push(index);
+                    }
+                },
+                Source::Supervisor => self.supervisor.on_fd_ready(poll_fd.fd, now),
+                Source::Status => {
+                    let snapshot = self.status_snapshot();
+                    self.status_server.on_fd_ready(poll_fd.fd, poll_fd.revents, now, &|| snapshot.clone());
+                }
+            }
+        }
+        for index in gone_buttons.into_iter().rev() {
+            self.buttons.remove(index);
+        }
+
+        self.reap(now);
+        self.supervisor.tick(now);
+        self.status_server.expire(now);
+        self.check_ready();
+        if now >= self.next_device_scan {
+            self.scan_devices(now);
+        }
+
+        if let Some(action) = requested {
+            self.request_shutdown(action);
+        }
+        if let Some(shutdown) = &mut self.shutdown {
+            shutdown.advance(&mut self.supervisor, now);
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> i32 {
+        let deadlines = [
+            self.supervisor.next_deadline(),
+            self.status_server.next_deadline(),
+            self.shutdown.as_ref().and_then(Shutdown::deadline),
+        ];
+        let wait = deadlines
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(MAX_POLL_WAIT, |deadline| deadline.saturating_duration_since(now))
+            .min(MAX_POLL_WAIT);
+        // Round up, so the loop does not wake just before a deadline.
+        wait.as_millis() as i32 + i32::from(wait.subsec_nanos() % 1_000_000 != 0)
+    }
+
+    fn read_signals(&mut self) -> Option<Action> {
+        let signals = self.signals.as_mut().map(signals::drain).unwrap_or_default();
+        let mut requested = None;
+        for signal in signals {
+            match signals::action_for(signal) {
+                Some(action) => {
+                    log::info!("received {signal}");
+                    requested = requested.or(Some(action));
+                }
+                None if signal == Signal::SIGCHLD => {}
+                None => log::info!("received {signal}; ignored"),
+            }
+        }
+        requested
+    }
+
+    /// Collects every exited child and passes its status to the supervisor,
+    /// whose pid table names the owner.
+    fn reap(&mut self, now: Instant) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(status) => self.supervisor.on_child_exit(status, now),
+                Err(nix::errno::Errno::ECHILD) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(error) => {
+                    log::warn!("waitpid failed: {error}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn request_shutdown(&mut self, action: Action) {
+        if let Some(shutdown) = &self.shutdown {
+            log::info!("already {}; the new request is ignored", shutdown.action.announcement());
+            return;
+        }
+        self.shutdown = Some(Shutdown::begin(action, &mut self.supervisor));
+    }
+
+    /// Returns the action once every service has stopped.
+    fn finished_shutdown(&mut self) -> Option<Action> {
+        let shutdown = self.shutdown.as_mut()?;
+        let done = shutdown.advance(&mut self.supervisor, Instant::now());
+        if done {
+            self.supervisor.drain_all_pipes();
+        }
+        done.then_some(shutdown.action)
+    }
+
+    /// Prints the ready line once every service is healthy, then blesses
+    /// the boot if that happened within the plan's timeout.
+    fn check_ready(&mut self) {
+        if !self.supervising || self.ready || self.shutdown.is_some() {
+            return;
+        }
+        let elapsed_ms = self.since_init_ms();
+        let timeout_ms = self.plan.as_ref().map_or(0, |plan| plan.ready_timeout_secs * 1000);
+        if !self.supervisor.all_healthy() {
+            if elapsed_ms > timeout_ms && !self.ready_timeout_logged {
+                self.ready_timeout_logged = true;
+                // TODO: reboot here, so systemd-boot's counter falls back to
+                // the other slot without waiting for a manual reboot.
+                log::warn!(
+                    "not every service is healthy {} s after init start; the boot stays unblessed",
+                    timeout_ms / 1000
+                );
+            }
+            return;
+        }
+
+        self.ready = true;
+        log::info!(
+            "ready: {} services healthy in {elapsed_ms} ms since init start",
+            self.supervisor.len()
+        );
+
+        if elapsed_ms > timeout_ms {
+            self.phases.skip(
+                "bless",
+                &format!("ready after the {} s timeout; the boot stays unblessed", timeout_ms / 1000),
+            );
+            return;
+        }
+        let name = self.plan.as_ref().map(|plan| plan.name.clone()).unwrap_or_default();
+        self.phases.run("bless", || {
+            match super::bless::bless(&name).map_err(|e| e.to_string())? {
+                super::bless::Outcome::Blessed { old, new } => log::info!("boot blessed: {old} -> {new}"),
+                super::bless::Outcome::NotCounted(reason) => log::info!("nothing needs blessing: {reason}"),
+            }
+            Ok(())
+        });
+    }
+
+    /// Opens power buttons and the status port, whose devices appear after
+    /// their modules load.
+    fn scan_devices(&mut self, now: Instant) {
+        if now.duration_since(self.started) > DEVICE_SCAN_PERIOD {
+            self.next_device_scan = now + Duration::from_secs(3600);
+            return;
+        }
+        self.next_device_scan = now + DEVICE_SCAN_INTERVAL;
+        if self.buttons.is_empty() {
+            self.buttons = signals::open_power_buttons(Path::new("/sys/class/input"));
+        }
+        if self.plan.as_ref().is_some_and(|plan| plan.status_serial) {
+            self.status_server.open_serial(status::SERIAL_PORT_NAME);
+        }
+    }
+
+    fn since_init_ms(&self) -> u64 {
+        monotonic_ms().saturating_sub(self.init_started_ms)
+    }
+
+    fn status_snapshot(&self) -> Status {
+        let (name, version) = self
+            .plan
+            .as_ref()
+            .map(|plan| (plan.name.clone(), plan.version.clone()))
+            .unwrap_or_default();
+        Status {
+            name,
+            version,
+            slot: self.slot.clone(),
+            phases: self.phases.statuses(),
+            services: self.supervisor.statuses(),
+            ready: self.ready,
+            uptime_ms: boottime_ms(),
+        }
+    }
+}
+
+fn join<E: std::fmt::Display>(errors: &[E]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Logs the real-time clock, the system clock and the entropy estimate.
+fn log_clock_and_entropy() {
+    let rtc = Path::new("/sys/class/rtc/rtc0");
+    let date = std::fs::read_to_string(rtc.join("date"));
+    let time = std::fs::read_to_string(rtc.join("time"));
+    match (date, time) {
+        (Ok(date), Ok(time)) => log::info!("RTC time {} {} UTC", date.trim(), time.trim()),
+        _ => log::info!("no RTC at {}", rtc.display()),
+    }
+    let system = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    log::info!("system clock at {system} s since the Unix epoch");
+    match std::fs::read_to_string("/proc/sys/kernel/random/entropy_avail") {
+        Ok(text) => log::info!("entropy_avail is {} bits", text.trim()),
+        Err(error) => log::info!("cannot read entropy_avail: {error}"),
+    }
+}

@@ -1,0 +1,292 @@
+//! The generated ruleset against the kernel: `nft --check` in a fresh
+//! network namespace, and real TCP connections between namespaces wired
+//! up the way the network plan describes.
+//!
+//! These tests need root, `ip` and `nft`; without them each prints why it
+//! skipped and passes. They create network namespaces named `ztmsnet-*`
+//! and delete them when they finish.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use nix::sched::{setns, CloneFlags};
+use ztms::net::{nftables, NetworkPlan};
+
+include!("../src/net/testdata/synthetic.rs");
+
+const MEDIA_STACK: &str = include_str!("../src/net/testdata/media-stack.toml");
+
+/// How long a connection attempt that the firewall drops waits.
+const DENIED_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// Returns why the host cannot run these tests, if it cannot.
+fn missing_requirement() -> Option<&'static str> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root");
+    }
+    for tool in ["nft", "ip", "unshare"] {
+        let found = Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+        if !found {
+            return Some("needs nft, ip and unshare");
+        }
+    }
+    None
+}
+
+macro_rules! require_host {
+    () => {
+        if let Some(reason) = missing_requirement() {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+fn plan_of(text: &str) -> NetworkPlan {
+    let loaded = ztms::config::parse(Path::new("net-test.toml"), text.to_string()).expect("valid definition");
+    NetworkPlan::from_definition(&loaded.definition).expect("network plan")
+}
+
+/// Runs `command` with `input` on stdin and panics with its stderr on failure.
+fn run_with_input(command: &mut Command, input: &str) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{command:?} failed to start: {error}"));
+    child.stdin.take().expect("stdin is piped").write_all(input.as_bytes()).expect("write stdin");
+    let output = child.wait_with_output().expect("wait for command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn run(args: &[&str]) {
+    let output = Command::new(args[0]).args(&args[1..]).output().expect("command starts");
+    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn nft_check(json: &str) {
+    run_with_input(Command::new("unshare").args(["-n", "nft", "-c", "-j", "-f", "-"]), json);
+}
+
+#[test]
+fn nft_accepts_media_stack_ruleset() {
+    require_host!();
+    let plan = plan_of(MEDIA_STACK);
+    nft_check(&nftables::to_json(&nftables::ruleset(&plan, &[])));
+}
+
+#[test]
+fn nft_accepts_default_image_ruleset() {
+    require_host!();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/media-server.toml");
+    let loaded = ztms::config::load(&path).expect("default image definition");
+    let plan = NetworkPlan::from_definition(&loaded.definition).expect("network plan");
+    nft_check(&nftables::to_json(&nftables::ruleset(&plan, &[])));
+}
+
+#[test]
+fn nft_accepts_200_service_ruleset() {
+    require_host!();
+    let plan = plan_of(&synthetic_definition(200));
+    nft_check(&nftables::to_json(&nftables::ruleset(&plan, &[])));
+}
+
+/// Network namespaces deleted on drop, so a failing test cleans up too.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn create(names: &[String]) -> Self {
+        let namespaces = Namespaces(Vec::new());
+        let mut namespaces = namespaces;
+        for name in names {
+            run(&["ip", "netns", "add", name]);
+            namespaces.0.push(name.clone());
+        }
+        namespaces
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}
+
+/// Moves the current thread into network namespace `name`.
+fn enter(name: &str) {
+    let file = File::open(format!("/run/netns/{name}")).expect("namespace file");
+    setns(file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+}
+
+/// A TCP listener in a namespace, stopped on drop.
+struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(namespace: &str, address: SocketAddrV4) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready, bound) = mpsc::channel();
+        let namespace = namespace.to_string();
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            enter(&namespace);
+            let listener = TcpListener::bind(address).expect("bind in the test namespace");
+            listener.set_nonblocking(true).expect("nonblocking listener");
+            ready.send(()).expect("signal ready");
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.write_all(b"ok");
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        bound.recv().expect("listener thread started");
+        Listener { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Connects from inside `namespace` and reports whether the handshake
+/// completed in time.
+fn connects(namespace: &str, target: SocketAddrV4) -> bool {
+    let namespace = namespace.to_string();
+    thread::spawn(move || {
+        enter(&namespace);
+        TcpStream::connect_timeout(&target.into(), DENIED_TIMEOUT).is_ok()
+    })
+    .join()
+    .expect("connect thread")
+}
+
+fn counter_packets(namespace: &str, counter: &str) -> u64 {
+    let output = Command::new("ip")
+        .args(["netns", "exec", namespace, "nft", "-j", "list", "counter", "inet", "ztms", counter])
+        .output()
+        .expect("nft lists the counter");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("nft JSON");
+    value["nftables"]
+        .as_array()
+        .and_then(|items| items.iter().find_map(|item| item["counter"]["packets"].as_u64()))
+        .unwrap_or_else(|| panic!("counter {counter} not found in {value}"))
+}
+
+const TRAFFIC_DEFINITION: &str = r#"
+[image]
+name = "net-traffic"
+version = "1.0"
+
+[network]
+interface = "up0"
+
+[[service]]
+name = "client"
+segment = "backend"
+command = ["/bin/true"]
+ports = [{ port = 8080 }]
+allow = ["server:5432/tcp"]
+
+[[service]]
+name = "server"
+segment = "backend"
+command = ["/bin/true"]
+ports = [{ port = 5432 }, { port = 5433 }]
+"#;
+
+#[test]
+fn matrix_allows_declared_pair_only() {
+    require_host!();
+    let plan = plan_of(TRAFFIC_DEFINITION);
+    let prefix = format!("ztmsnet-{}", std::process::id());
+    let router = format!("{prefix}-router");
+    let netns = |service: &str| format!("{prefix}-{service}");
+    let _namespaces = Namespaces::create(&[router.clone(), netns("client"), netns("server")]);
+
+    // Wire each service as the plan documents: a routed veth pair whose host
+    // end carries the segment gateway as a /32. Both services share one
+    // segment and one gateway address.
+    run(&["ip", "-n", &router, "link", "set", "lo", "up"]);
+    run(&["ip", "netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    for service in &plan.services {
+        let ns = netns(&service.name);
+        let address = format!("{}/32", service.address);
+        let gateway = service.gateway.to_string();
+        run(&["ip", "-n", &router, "link", "add", &service.host_link, "type", "veth", "peer", "name", &service.peer_link]);
+        run(&["ip", "-n", &router, "link", "set", &service.peer_link, "netns", &ns]);
+        run(&["ip", "-n", &ns, "link", "set", &service.peer_link, "name", &service.service_link]);
+        run(&["ip", "-n", &router, "address", "add", &format!("{gateway}/32"), "dev", &service.host_link]);
+        run(&["ip", "-n", &router, "link", "set", &service.host_link, "up"]);
+        run(&["ip", "-n", &router, "route", "add", &address, "dev", &service.host_link]);
+        run(&["ip", "-n", &ns, "address", "add", &address, "dev", &service.service_link]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", &service.service_link, "up"]);
+        run(&["ip", "-n", &ns, "route", "add", &gateway, "dev", &service.service_link]);
+        run(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
+    }
+    let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
+    run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
+
+    let client = plan.service("client").unwrap().address;
+    let server = plan.service("server").unwrap().address;
+    let _allowed = Listener::start(&netns("server"), SocketAddrV4::new(server, 5432));
+    let _denied = Listener::start(&netns("server"), SocketAddrV4::new(server, 5433));
+    let _reverse = Listener::start(&netns("client"), SocketAddrV4::new(client, 8080));
+
+    assert!(connects(&netns("client"), SocketAddrV4::new(server, 5432)), "allowed pair did not connect");
+    assert!(!connects(&netns("client"), SocketAddrV4::new(server, 5433)), "undeclared port connected");
+    assert!(!connects(&netns("server"), SocketAddrV4::new(client, 8080)), "reverse direction connected");
+    let forward_drops = counter_packets(&router, "drop_forward");
+    assert!(forward_drops > 0, "drop_forward counted nothing");
+
+    // A spoofed source address on the client's link is dropped before the
+    // matrix, even towards the allowed port. The default route's `src`
+    // makes the client use it.
+    let spoofed = Ipv4Addr::new(10, 80, 2, 250);
+    let gateway = plan.service("client").unwrap().gateway.to_string();
+    run(&["ip", "-n", &netns("client"), "address", "add", &format!("{spoofed}/32"), "dev", "eth0"]);
+    run(&["ip", "-n", &netns("client"), "route", "replace", "default", "via", &gateway, "src", &spoofed.to_string()]);
+    assert!(!connects(&netns("client"), SocketAddrV4::new(server, 5432)), "spoofed source connected");
+    assert!(counter_packets(&router, "drop_spoofed") > 0, "drop_spoofed counted nothing");
+    run(&["ip", "-n", &netns("client"), "route", "replace", "default", "via", &gateway, "src", &client.to_string()]);
+
+    // Isolating the server cuts the allowed pair; releasing restores it.
+    run_with_input(
+        Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]),
+        &nftables::to_json(&nftables::isolate(server)),
+    );
+    assert!(!connects(&netns("client"), SocketAddrV4::new(server, 5432)), "isolated server connected");
+    run_with_input(
+        Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]),
+        &nftables::to_json(&nftables::release(server)),
+    );
+    assert!(connects(&netns("client"), SocketAddrV4::new(server, 5432)), "released server did not connect");
+
+    // Applying the same ruleset again replaces the table in one transaction.
+    run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
+    assert!(connects(&netns("client"), SocketAddrV4::new(server, 5432)), "re-applied ruleset broke the allowed pair");
+}
