@@ -36,6 +36,10 @@ pub struct Status {
     pub ready: bool,
     /// Milliseconds since the kernel booted (CLOCK_BOOTTIME).
     pub uptime_ms: u64,
+    /// Processes in the zombie state when the snapshot was taken; PID 1
+    /// reaps every child, so anything above zero for long is a bug.
+    #[serde(default)]
+    pub zombies: u32,
 }
 
 /// Progress of one boot phase.
@@ -204,6 +208,7 @@ mod tests {
             }],
             ready: true,
             uptime_ms: 1234,
+            zombies: 0,
         }
     }
 

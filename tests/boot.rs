@@ -12,14 +12,14 @@ fn boot_reaches_ready_and_powers_off() {
     let image = image("test-boot");
     let mut vm = boot("boot_reaches_ready_and_powers_off", &image);
 
-    vm.wait_for_console("ztms-init: stage 1", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console("(?m)^ztms-init: stage 1", BOOT_TIMEOUT).unwrap();
     for phase in ["mounts", "sysctl", "cgroups", "services"] {
         let line = vm
-            .wait_for_console(&format!("ztms-init: phase {phase} done in [0-9]+ ms"), BOOT_TIMEOUT)
+            .wait_for_console(&format!("^ztms-init: phase {phase} done in [0-9]+ ms"), BOOT_TIMEOUT)
             .unwrap();
         assert!(line.contains(phase), "{line}");
     }
-    vm.wait_for_console("ztms-init: ready", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
 
     let status = vm.status(Duration::from_secs(10)).expect("status over virtio-serial");
     assert_eq!(status.name, "test-boot");
@@ -35,7 +35,7 @@ fn boot_reaches_ready_and_powers_off() {
 fn crash_loop_backs_off_and_orphans_are_reaped() {
     let image = image("test-boot");
     let mut vm = boot("crash_loop_backs_off_and_orphans_are_reaped", &image);
-    vm.wait_for_console("ztms-init: ready", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
 
     // The crasher exits after one second each time; with backoff doubling
     // from one second, it restarts several times in 20 s but not 20 times.

@@ -143,3 +143,151 @@ fn default_image_has_no_debug_access() {
     let plan = ztms::init::plan::from_definition(&loaded.definition).unwrap();
     assert!(!plan.status_serial);
 }
+
+/// Returns a tar archive of `files` (path, mode, content).
+fn tar_of(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, mode, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(0);
+        // The name is written raw, because set_path rejects the ".." that
+        // hostile archives carry.
+        let name = &mut header.as_gnu_mut().unwrap().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Writes a docker-save archive with one layer holding `hello.txt`, the
+/// kind of file `docker save` produces, and returns its path.
+fn docker_archive(dir: &Path) -> std::path::PathBuf {
+    let layer = tar_of(&[("hello.txt", 0o644, b"hello from an OCI layer\n")]);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Entrypoint": ["/hello"], "Env": ["PATH=/usr/bin"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", hex_sha256(&layer))] },
+    })
+    .to_string();
+    let config_name = format!("{}.json", hex_sha256(config.as_bytes()));
+    let manifest = serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": ["ztms-test/hello:latest"],
+        "Layers": ["layer0/layer.tar"],
+    }])
+    .to_string();
+    let archive = tar_of(&[
+        ("manifest.json", 0o644, manifest.as_bytes()),
+        (&config_name, 0o644, config.as_bytes()),
+        ("layer0/layer.tar", 0o644, &layer),
+    ]);
+    let path = dir.join("hello.tar");
+    std::fs::write(&path, archive).unwrap();
+    path
+}
+
+fn oci_definition(test: &str, archive_name: &str) -> std::path::PathBuf {
+    let overlays = repo().join("overlays");
+    scratch_definition(
+        test,
+        &format!(
+            r#"
+[image]
+name = "oci"
+version = "1"
+
+[base]
+packages = ["busybox"]
+overlays = ["{}", "{}"]
+
+[disk]
+esp = "64M"
+root = "256M"
+
+[[service]]
+name = "hello"
+segment = "frontend"
+oci = "{archive_name}"
+command = ["/hello"]
+"#,
+            overlays.join("common").display(),
+            overlays.join("test").display()
+        ),
+    )
+}
+
+#[test]
+fn oci_image_lands_in_root_filesystem() {
+    let path = oci_definition("oci-image", "hello.tar");
+    docker_archive(path.parent().unwrap());
+    build_definition(&path).expect("build with an OCI service");
+
+    let out = path.with_file_name("out");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let root = &manifest["partitions"]["partitions"][1];
+    let data_bytes = manifest["verity"]["data_blocks"].as_u64().unwrap() * 4096;
+    let root_image = out.join("root.erofs");
+    let status = Command::new("dd")
+        .arg(format!("if={}", out.join("oci.raw").display()))
+        .arg(format!("of={}", root_image.display()))
+        .args(["bs=1M", "iflag=skip_bytes,count_bytes", "status=none"])
+        .arg(format!("skip={}", root["offset"].as_u64().unwrap()))
+        .arg(format!("count={data_bytes}"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = Command::new("dump.erofs")
+        .arg("--path=/usr/lib/ztms/services/hello/rootfs/hello.txt")
+        .arg(&root_image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "hello.txt not in the root image: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("Size: 24"), "{text}");
+}
+
+#[test]
+fn truncated_oci_archive_is_rejected() {
+    let path = oci_definition("oci-truncated", "truncated.tar");
+    let dir = path.parent().unwrap();
+    let whole = std::fs::read(docker_archive(dir)).unwrap();
+    std::fs::write(dir.join("truncated.tar"), &whole[..whole.len() / 2]).unwrap();
+    let error = build_definition(&path).unwrap_err().to_string();
+    assert!(error.contains("service \"hello\""), "{error}");
+    assert!(error.contains("truncated"), "{error}");
+    assert_no_output(&path);
+}
+
+#[test]
+fn escaping_oci_member_is_rejected() {
+    let path = oci_definition("oci-escape", "escape.tar");
+    let dir = path.parent().unwrap();
+    let layer = tar_of(&[("../../escaped.txt", 0o644, b"x")]);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", hex_sha256(&layer))] },
+    })
+    .to_string();
+    let config_name = format!("{}.json", hex_sha256(config.as_bytes()));
+    let manifest = serde_json::json!([{ "Config": config_name, "Layers": ["l/layer.tar"] }]).to_string();
+    let archive = tar_of(&[
+        ("manifest.json", 0o644, manifest.as_bytes()),
+        (&config_name, 0o644, config.as_bytes()),
+        ("l/layer.tar", 0o644, &layer),
+    ]);
+    std::fs::write(dir.join("escape.tar"), archive).unwrap();
+    let error = build_definition(&path).unwrap_err().to_string();
+    assert!(error.contains("service \"hello\""), "{error}");
+    assert!(error.contains("escaped.txt"), "{error}");
+    assert_no_output(&path);
+}

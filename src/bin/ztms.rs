@@ -29,6 +29,20 @@ enum Command {
     Run(ztms::run::RunArgs),
     /// Print the configuration reference generated from the schema.
     ConfigDocs,
+    /// Audit every service of a definition against the CIS Docker Benchmark
+    /// items that apply; exits non-zero when any item fails.
+    Audit {
+        definition: PathBuf,
+    },
+    /// Print the status of a running appliance: phases, services, readiness.
+    Status {
+        /// Status socket: the appliance's /run/ztms/status.sock, or the
+        /// status.sock in the state directory of a VM started by `ztms run`.
+        socket: PathBuf,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a definition and print the resolved values as JSON.
     Check {
         definition: PathBuf,
@@ -71,6 +85,26 @@ fn execute(cli: Cli) -> Result<ExitCode, String> {
             print!("{}", ztms::config::docs::render());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { definition } => {
+            let loaded = ztms::config::load(&definition).map_err(|e| e.to_string())?;
+            let rows = ztms::runtime::audit_definition(&loaded.definition).map_err(|e| e.to_string())?;
+            print!("{}", ztms::runtime::render_table(&rows));
+            let failed = rows.iter().filter(|row| row.outcome == ztms::runtime::Outcome::Fail).count();
+            if failed > 0 {
+                eprintln!("ztms: {failed} audit items failed");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { socket, json } => {
+            let status = ztms::status::query_unix(&socket).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { definition } => {
             let loaded = ztms::config::load(&definition).map_err(|e| e.to_string())?;
             let json = serde_json::to_string_pretty(&loaded.definition).map_err(|e| e.to_string())?;
@@ -91,6 +125,34 @@ fn build_options(out: &Path, flags: &BuildFlags) -> Result<ztms::build::BuildOpt
         init_binary,
         source_date_epoch: ztms::run::source_date_epoch()?,
     })
+}
+
+fn print_status(status: &ztms::status::Status) {
+    println!(
+        "{} {} (slot {}), {}, up {:.1} s",
+        status.name,
+        status.version,
+        if status.slot.is_empty() { "?" } else { &status.slot },
+        if status.ready { "ready" } else { "not ready" },
+        status.uptime_ms as f64 / 1000.0
+    );
+    println!("phases:");
+    for phase in &status.phases {
+        let duration = phase.duration_ms.map(|ms| format!("{ms} ms")).unwrap_or_default();
+        let error = phase.error.as_deref().unwrap_or_default();
+        println!("  {:<14} {:<10} {:>8}  {error}", phase.name, format!("{:?}", phase.state).to_lowercase(), duration);
+    }
+    println!("services:");
+    for service in &status.services {
+        println!(
+            "  {:<14} {:<10} {:<9} restarts {:<3} last exit {}",
+            service.name,
+            format!("{:?}", service.state).to_lowercase(),
+            if service.healthy { "healthy" } else { "unhealthy" },
+            service.restarts,
+            service.last_exit.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn print_report(out: &Path, report: &ztms::build::BuildReport) {

@@ -140,8 +140,8 @@ fn assemble(loaded: &Loaded, dir: &Path, epoch: u64) -> Result<(), BuildError> {
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .arg("--mode=unshare")
         .arg("--variant=minbase")
-        .arg("--format=tar")
-        .arg("--quiet");
+        // Not --quiet: apt's "Unable to locate package" is only shown without it.
+        .arg("--format=tar");
     for filter in DPKG_PATH_FILTERS {
         command.arg(format!("--dpkgopt={filter}"));
     }

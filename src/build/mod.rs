@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod modules;
 pub mod oci;
 pub mod rootimg;
+pub mod services;
 pub mod tree;
 pub mod uki;
 
@@ -78,6 +79,8 @@ pub enum BuildError {
         available: u64,
         suggested: u64,
     },
+    #[error("service {service:?}: cannot import its OCI image: {error}")]
+    Oci { service: String, error: String },
     #[error("runtime plan: {0}")]
     Plan(String),
     #[error("ztms-init binary not found at {0}; build it with `cargo build --release` (it is linked statically)")]

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::layout::{self, Role};
 use super::manifest::{self, Artifact, Manifest};
-use super::{base, disk, esp, host, initramfs, rootimg, tree, uki, BuildError};
+use super::{base, disk, esp, host, initramfs, rootimg, services, tree, uki, BuildError};
 use crate::config::Loaded;
 
 /// Inputs of one build besides the definition.
@@ -99,6 +99,7 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         for overlay in &definition.base.overlays {
             tree::apply_overlay(&loaded.resolve(overlay.get_ref()), &tree_dir)?;
         }
+        services::lay_services(loaded, &tree_dir)?;
         tree::write_file(&tree_dir, tree::INIT_PATH, &init, 0o755)?;
         let plan_json = serde_json::to_vec_pretty(&plan).unwrap_or_default();
         tree::write_file(&tree_dir, tree::PLAN_PATH, &plan_json, 0o644)?;
@@ -126,7 +127,9 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         definition.disk.data.get_ref().bytes(),
     );
     let cmdline = kernel_cmdline(loaded, &layout, &verity);
-    let uki_name = format!("{name}-{}.efi", definition.image.version);
+    // "+3": systemd-boot's boot counter. The first boot that reaches every
+    // service healthy is blessed by ztms-init, which drops the counter.
+    let uki_name = format!("{name}-{}+3.efi", definition.image.version);
     let uki_path = work_path.join(&uki_name);
     steps.run("uki", || {
         let initrd = initramfs::build(&init, &base.modules_dir(), &base.info.stage1_modules, epoch)?;

@@ -308,7 +308,7 @@ mod tests {
             target_type: "verity".into(),
             params: "1 254:2 254:2 4096 4096 2 3 sha256 aa bb".into(),
         };
-        let buffer = table_buffer("root", &[target.clone()], true).unwrap();
+        let buffer = table_buffer("root", std::slice::from_ref(&target), true).unwrap();
 
         let header_size = std::mem::size_of::<DmIoctl>();
         let spec_size = std::mem::size_of::<DmTargetSpec>();

@@ -42,6 +42,7 @@ pub const STAGE2: [PhaseSpec; 11] = [
 /// Records of every phase, in plan order.
 #[derive(Debug, Clone)]
 pub struct PhaseLog {
+    specs: Vec<PhaseSpec>,
     records: Vec<PhaseStatus>,
     /// Set once a phase with [`OnFailure::BlockServices`] failed.
     pub services_blocked: bool,
@@ -65,6 +66,7 @@ impl PhaseLog {
             })
             .collect();
         Self {
+            specs: specs.to_vec(),
             records,
             services_blocked: false,
         }
@@ -106,7 +108,8 @@ impl PhaseLog {
 
     /// Records the end of a phase that ran outside [`run`](Self::run).
     pub fn finish(&mut self, name: &str, elapsed_ms: u64, outcome: Result<(), String>) -> bool {
-        let on_failure = STAGE2
+        let on_failure = self
+            .specs
             .iter()
             .find(|spec| spec.name == name)
             .map_or(OnFailure::Continue, |spec| spec.on_failure);

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 
-/// PATH of every child; services get no other variable from ztms-init.
+/// PATH of every child. Children get only PATH and `HOME=/` from ztms-init.
 const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Command and credentials of a child process.

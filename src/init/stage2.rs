@@ -476,8 +476,29 @@ impl Init {
             services: self.supervisor.statuses(),
             ready: self.ready,
             uptime_ms: boottime_ms(),
+            zombies: count_zombies(),
         }
     }
+}
+
+/// Counts processes whose state in `/proc/<pid>/stat` is `Z`.
+fn count_zombies() -> u32 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut zombies = 0;
+    for entry in entries.flatten() {
+        let is_pid = entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit());
+        if !is_pid {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The state follows the command name, which is in parentheses and
+        // may itself contain spaces or parentheses.
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if state == Some('Z') {
+            zombies += 1;
+        }
+    }
+    zombies
 }
 
 fn join<E: std::fmt::Display>(errors: &[E]) -> String {

@@ -276,6 +276,7 @@ mod tests {
             services: Vec::new(),
             ready: false,
             uptime_ms: 5,
+            zombies: 0,
         }
     }
 

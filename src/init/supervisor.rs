@@ -681,6 +681,7 @@ impl Supervisor {
 mod tests {
     use super::*;
     use crate::init::plan::ServicePlan;
+    use nix::sys::wait::waitpid;
     use std::net::{Ipv4Addr, TcpListener};
 
     fn service(name: &str, command: &[&str], health: HealthPlan, depends_on: &[&str]) -> ServicePlan {
@@ -716,7 +717,7 @@ mod tests {
     }
 
     /// Runs the loop's steps for the supervisor's own children until
-    /// `done` holds or `timeout` passes. Reaps only pids from the table,
+    /// `done` returns true or `timeout` passes. Reaps only pids from the table,
     /// because other tests of this process have children too.
     fn drive(supervisor: &mut Supervisor, timeout: Duration, done: impl Fn(&Supervisor) -> bool) -> bool {
         let started = Instant::now();
@@ -760,8 +761,6 @@ mod tests {
             }
         }
     }
-
-    use nix::sys::wait::waitpid;
 
     #[test]
     fn crashing_service_backs_off() {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use vm::{Forward, Vm, VmConfig, VmError};
 
 /// Console line ztms-init prints once every service is healthy.
-pub const READY_PATTERN: &str = r"ztms-init: ready";
+pub const READY_PATTERN: &str = r"^ztms-init: ready:";
 /// Console lines of the boot phases, printed by `--until-ready`.
-pub const PHASE_PATTERN: &str = r"ztms-init: (phase \S+ (done|failed)|stage 1|ready)";
+pub const PHASE_PATTERN: &str = r"^ztms-init: (phase \S+ (done|failed)|stage 1|ready:)";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
