@@ -27,8 +27,49 @@ fn boot_reaches_ready_and_powers_off() {
     let web = status.services.iter().find(|s| s.name == "web").expect("web in status");
     assert!(web.healthy, "{web:?}");
 
+    let console = vm.console();
+    assert!(console.contains("ztms-init: boot blessed"), "the counted UKI was not blessed");
+
     vm.power_down(Duration::from_secs(60)).expect("clean power-off after the power button");
     assert!(vm.console().contains("ztms-init: powering off"));
+}
+
+#[test]
+fn default_image_boots_and_powers_off() {
+    let image = image("media-server");
+    let mut vm = boot("default_image_boots_and_powers_off", &image);
+    vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+    vm.power_down(Duration::from_secs(60)).expect("clean power-off after the power button");
+    assert!(vm.console().contains("ztms-init: powering off"));
+}
+
+#[test]
+fn sigterm_to_pid1_powers_off_in_order() {
+    let image = image("test-sigterm");
+    let mut vm = boot("sigterm_to_pid1_powers_off_in_order", &image);
+    vm.wait_for_console("sending SIGTERM to PID 1", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console("^ztms-init: powering off", Duration::from_secs(60)).unwrap();
+    vm.wait_exit(Duration::from_secs(60)).expect("QEMU exits after the power-off");
+
+    // terminator depends on web, so it stops first.
+    let console = vm.console();
+    let stop_of = |service: &str| {
+        console
+            .lines()
+            .position(|line| line.contains("ztms-init: stopping") && line.contains(service))
+            .unwrap_or_else(|| panic!("no stop line for {service}"))
+    };
+    assert!(stop_of("terminator") < stop_of("web"), "services stopped out of order");
+}
+
+#[test]
+fn ctrl_alt_del_reboots() {
+    let image = image("test-boot");
+    let mut vm = boot("ctrl_alt_del_reboots", &image);
+    vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+    vm.monitor("sendkey ctrl-alt-delete").unwrap();
+    vm.wait_for_console("^ztms-init: rebooting", Duration::from_secs(60)).unwrap();
+    vm.wait_for_console("^ztms-init: stage 1 started", BOOT_TIMEOUT).unwrap();
 }
 
 #[test]

@@ -142,3 +142,25 @@ fn child_pids(parent: u32) -> Vec<u32> {
     }
     pids
 }
+
+#[test]
+fn foreign_architecture_is_rejected() {
+    // A GPT disk whose root partitions carry the arm64 root type GUID of
+    // the Discoverable Partitions Specification.
+    let mut layout = ztms::build::layout::plan("arm", "seed", 64 << 20, 16 << 20, 16 << 20);
+    for partition in &mut layout.partitions {
+        if partition.type_guid == ztms::build::layout::TYPE_ROOT_X86_64 {
+            partition.type_guid = "b921b045-1df0-41c3-af44-4c6f280d3fae".into();
+        }
+    }
+    let path = scratch().join("arm64.raw");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.set_len(layout.disk_size).unwrap();
+    ztms::build::gpt::write(&mut file, &layout).unwrap();
+    drop(file);
+
+    let output = ztms().args(["run", "--headless"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("another architecture"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! `ztms run`: boots an image, or a definition built first, under QEMU.
 
 pub mod accel;
+pub mod machine;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
@@ -33,12 +34,15 @@ pub struct RunArgs {
     /// Write to the image instead of a throw-away copy-on-write overlay.
     #[arg(long)]
     pub persist: bool,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub memory: u32,
-    /// Guest CPUs.
-    #[arg(long, default_value_t = 2)]
-    pub cpus: u32,
+    /// Machine definition [default: qemu/q35.toml, built in].
+    #[arg(long)]
+    pub machine: Option<PathBuf>,
+    /// Guest memory in MiB [default: the machine definition's].
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Guest CPUs [default: the machine definition's].
+    #[arg(long)]
+    pub cpus: Option<u32>,
     /// Forward HOST:GUEST[/udp] from 127.0.0.1 into the appliance; repeatable.
     /// Default: 8443:443 and 51820:51820/udp.
     #[arg(long = "forward", value_parser = parse_forward)]
@@ -142,11 +146,16 @@ pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
         .prefix("ztms-run-")
         .tempdir()
         .map_err(|e| format!("cannot create a state directory: {e}"))?;
+    let machine = match &args.machine {
+        Some(path) => machine::Machine::load(path)?,
+        None => machine::Machine::default_machine(),
+    };
     let config = VmConfig {
+        memory_mib: args.memory.unwrap_or(machine.memory_mib),
+        cpus: args.cpus.unwrap_or(machine.cpus),
+        machine,
         image,
         persist: args.persist,
-        memory_mib: args.memory,
-        cpus: args.cpus,
         accel,
         forwards: forwards.clone(),
         tpm: !args.no_tpm,

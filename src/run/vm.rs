@@ -12,10 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::accel::Accel;
-
-/// OVMF firmware from Debian's ovmf package.
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+use super::machine::Machine;
 
 /// A failure to start or drive a VM.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +67,7 @@ pub struct Forward {
 /// Everything that decides how a VM starts.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    pub machine: Machine,
     pub image: PathBuf,
     /// Write to the image itself instead of a throw-away overlay.
     pub persist: bool,
@@ -105,30 +103,33 @@ pub struct LanLink {
 /// Returns the QEMU arguments for `config`; `paths` are the files the VM
 /// uses. Pure, so the command line is unit-tested.
 pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
+    let machine = &config.machine;
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
-    push(&["-machine", "q35,smm=off", "-accel", config.accel.qemu_arg()]);
-    push(&["-cpu", if config.accel == Accel::Kvm { "host" } else { "max" }]);
+    push(&["-machine", &machine.machine, "-accel", config.accel.qemu_arg()]);
+    push(&["-cpu", if config.accel == Accel::Kvm { &machine.cpu_kvm } else { &machine.cpu_tcg }]);
     let memory = config.memory_mib.to_string();
     let cpus = config.cpus.to_string();
     push(&["-m", &memory, "-smp", &cpus, "-nodefaults", "-display", "none", "-no-user-config"]);
-    let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}");
+    let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={}", machine.firmware_code);
     let vars = format!("if=pflash,format=raw,unit=1,file={}", paths.vars.display());
     push(&["-drive", &code, "-drive", &vars]);
     let disk = format!("if=none,id=disk0,format=qcow2,file={}", paths.disk.display());
-    push(&["-drive", &disk, "-device", "virtio-blk-pci,drive=disk0"]);
+    let disk_device = format!("{},drive=disk0", machine.disk_device);
+    push(&["-drive", &disk, "-device", &disk_device]);
 
     let mut netdev = "user,id=net0,net=10.0.2.0/24".to_string();
     for forward in &config.forwards {
         let proto = if forward.udp { "udp" } else { "tcp" };
         netdev.push_str(&format!(",hostfwd={proto}:127.0.0.1:{}-:{}", forward.host, forward.guest));
     }
-    push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"]);
+    let net_device = format!("{},netdev=net0", machine.net_device);
+    push(&["-netdev", &netdev, "-device", &net_device]);
 
     if let Some(lan) = &config.lan {
         let role = if lan.listen { "listen" } else { "connect" };
         let netdev = format!("socket,id=lan0,{role}=127.0.0.1:{}", lan.port);
-        let device = format!("virtio-net-pci,netdev=lan0,mac=52:54:00:12:35:{:02x}", lan.mac_suffix);
+        let device = format!("{},netdev=lan0,mac=52:54:00:12:35:{:02x}", machine.net_device, lan.mac_suffix);
         push(&["-netdev", &netdev, "-device", &device]);
     }
 
@@ -138,7 +139,8 @@ pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
 
     if let Some(tpm) = &paths.tpm_socket {
         let chardev = format!("socket,id=tpmchr,path={}", tpm.display());
-        push(&["-chardev", &chardev, "-tpmdev", "emulator,id=tpm0,chardev=tpmchr", "-device", "tpm-tis,tpmdev=tpm0"]);
+        let device = format!("{},tpmdev=tpm0", machine.tpm_device);
+        push(&["-chardev", &chardev, "-tpmdev", "emulator,id=tpm0,chardev=tpmchr", "-device", &device]);
     }
 
     let monitor = format!("unix:{},server=on,wait=off", paths.monitor.display());
@@ -212,11 +214,11 @@ pub fn preflight(config: &VmConfig) -> Result<(), VmError> {
     }
     check_image(&config.image)?;
     for (what, path, package) in [
-        ("OVMF firmware", OVMF_CODE, "ovmf"),
-        ("OVMF variables", OVMF_VARS, "ovmf"),
+        ("OVMF firmware", &config.machine.firmware_code, "ovmf"),
+        ("OVMF variables", &config.machine.firmware_vars, "ovmf"),
     ] {
         if !Path::new(path).exists() {
-            return Err(VmError::Missing { what, path: path.into(), package });
+            return Err(VmError::Missing { what, path: path.clone(), package });
         }
     }
     if crate::build::host::find_program("qemu-system-x86_64").is_none() {
@@ -314,7 +316,7 @@ impl Vm {
         };
         let paths = VmPaths::new(&config.state_dir, disk, config.tpm);
         if !paths.vars.exists() {
-            std::fs::copy(OVMF_VARS, &paths.vars).map_err(io("copy the OVMF variables"))?;
+            std::fs::copy(&config.machine.firmware_vars, &paths.vars).map_err(io("copy the OVMF variables"))?;
         }
         for socket in [&paths.status, &paths.monitor] {
             let _ = std::fs::remove_file(socket);
@@ -562,6 +564,7 @@ mod tests {
 
     fn config() -> VmConfig {
         VmConfig {
+            machine: Machine::default_machine(),
             image: "x.raw".into(),
             persist: false,
             memory_mib: 1024,

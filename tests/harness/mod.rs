@@ -145,6 +145,7 @@ pub fn boot(test: &str, image: &Path) -> TestVm {
     let state_dir = scratch().join("vms").join(test);
     let _ = std::fs::remove_dir_all(&state_dir);
     let config = VmConfig {
+        machine: ztms::run::machine::Machine::default_machine(),
         image: image.to_path_buf(),
         persist: false,
         memory_mib: 1024,
