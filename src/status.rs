@@ -40,6 +40,9 @@ pub struct Status {
     /// reaps every child, so anything above zero for long is a bug.
     #[serde(default)]
     pub zombies: u32,
+    /// Resident memory of ztms-init in KiB (VmRSS).
+    #[serde(default)]
+    pub init_rss_kib: u64,
 }
 
 /// Progress of one boot phase.
@@ -209,6 +212,7 @@ mod tests {
             ready: true,
             uptime_ms: 1234,
             zombies: 0,
+            init_rss_kib: 0,
         }
     }
 

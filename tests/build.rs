@@ -152,6 +152,8 @@ fn tar_of(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
         header.set_size(data.len() as u64);
         header.set_mode(*mode);
         header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
         // The name is written raw, because set_path rejects the ".." that
         // hostile archives carry.
         let name = &mut header.as_gnu_mut().unwrap().name;

@@ -102,7 +102,19 @@ pub fn ensure(loaded: &Loaded, cache: &Path, epoch: u64) -> Result<Base, BuildEr
         return Ok(Base { dir, info, reused: true });
     }
 
-    let partial = cache.join("base").join(format!("{key}.partial-{}", std::process::id()));
+    // One builder per entry at a time, across threads and processes: the
+    // others wait here and then find the entry complete.
+    let base_dir = cache.join("base");
+    std::fs::create_dir_all(&base_dir).map_err(|e| BuildError::io("create cache", &base_dir, e))?;
+    let lock_path = base_dir.join(format!("{key}.lock"));
+    let lock = std::fs::File::create(&lock_path).map_err(|e| BuildError::io("create cache lock", &lock_path, e))?;
+    lock.lock().map_err(|e| BuildError::io("lock cache entry", &lock_path, e))?;
+    if let Some(info) = read_info(&dir) {
+        return Ok(Base { dir, info, reused: true });
+    }
+
+    remove_stale(&base_dir);
+    let partial = base_dir.join(format!("{key}.partial-{}", super::unique_suffix()));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| BuildError::io("create cache entry", &partial, e))?;
     let result = assemble(loaded, &partial, epoch);
@@ -122,6 +134,23 @@ pub fn ensure(loaded: &Loaded, cache: &Path, epoch: u64) -> Result<Base, BuildEr
         BuildError::io("read cache entry", &dir, std::io::Error::other("info.json missing"))
     })?;
     Ok(Base { dir, info, reused: false })
+}
+
+/// Removes the directories that builds killed mid-way left in `parent`:
+/// names ending in `-PID` whose process no longer runs.
+pub fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.rsplit_once('-').and_then(|(_, pid)| pid.parse::<u32>().ok()) else {
+            continue;
+        };
+        let is_build_dir = name.contains(".partial-") || parent.ends_with("work");
+        if is_build_dir && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            log::info!("removing {} left by an interrupted build", entry.path().display());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn read_info(dir: &Path) -> Option<BaseInfo> {

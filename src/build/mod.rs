@@ -87,6 +87,15 @@ pub enum BuildError {
     InitMissing(PathBuf),
 }
 
+/// Returns `N-PID`: unique among the builds of this process (N counts
+/// them) and of other processes, and ending in the PID so that
+/// `base::remove_stale` can tell whether its owner still runs.
+pub fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{count}-{}", std::process::id())
+}
+
 impl BuildError {
     pub fn io(action: &str, path: &Path, source: std::io::Error) -> Self {
         BuildError::Io {

@@ -85,7 +85,8 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         .map_err(|_| BuildError::InitMissing(options.init_binary.clone()))?;
     let plan = crate::init::plan::from_definition(definition).map_err(|e| BuildError::Plan(e.to_string()))?;
 
-    let work = options.cache_dir.join("work").join(format!("{name}-{}", std::process::id()));
+    base::remove_stale(&options.cache_dir.join("work"));
+    let work = options.cache_dir.join("work").join(format!("{name}-{}", super::unique_suffix()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| BuildError::io("create work directory", &work, e))?;
     let work = WorkDir(work);

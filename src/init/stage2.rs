@@ -477,8 +477,19 @@ impl Init {
             ready: self.ready,
             uptime_ms: boottime_ms(),
             zombies: count_zombies(),
+            init_rss_kib: own_rss_kib(),
         }
     }
+}
+
+/// Returns VmRSS of this process from `/proc/self/status`, in KiB.
+fn own_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Counts processes whose state in `/proc/<pid>/stat` is `Z`.

@@ -277,6 +277,7 @@ mod tests {
             ready: false,
             uptime_ms: 5,
             zombies: 0,
+            init_rss_kib: 0,
         }
     }
 

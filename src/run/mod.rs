@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use vm::{Forward, Vm, VmConfig, VmError};
 
-/// Console line ztms-init prints once every service is healthy.
-pub const READY_PATTERN: &str = r"^ztms-init: ready:";
 /// Console lines of the boot phases, printed by `--until-ready`.
 pub const PHASE_PATTERN: &str = r"^ztms-init: (phase \S+ (done|failed)|stage 1|ready:)";
 
@@ -175,13 +173,9 @@ pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
 
     let mut vm = Vm::start(&config, !args.until_ready).map_err(|e| e.to_string())?;
     if !args.until_ready {
-        if args.headless {
-            // Headless without --until-ready: forward Ctrl-C by dying, which
-            // kills QEMU through its parent-death signal.
-            vm.wait_exit(Duration::from_secs(u64::MAX / 4)).map_err(|e| e.to_string())?;
-        } else {
-            vm.wait_exit(Duration::from_secs(u64::MAX / 4)).map_err(|e| e.to_string())?;
-        }
+        // Ctrl-C ends ztms, and QEMU and swtpm with it through their
+        // parent-death signal.
+        vm.wait_exit(Duration::from_secs(u64::MAX / 4)).map_err(|e| e.to_string())?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -210,7 +204,7 @@ pub fn wait_until_ready(vm: &mut Vm, timeout: Duration) -> Result<(), VmError> {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = vm.wait_for_console(PHASE_PATTERN, left)?;
         eprintln!("[{:>6.1} s] {line}", vm.started.elapsed().as_secs_f64());
-        if line.contains("ztms-init: ready") {
+        if line.starts_with("ztms-init: ready:") {
             return Ok(());
         }
     }

@@ -206,7 +206,7 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// Checks the image before QEMU sees it: present, a ztms disk (GPT with an
+/// Checks the image before QEMU starts: present, a ztms disk (GPT with an
 /// x86-64 root partition), firmware and swtpm installed, ports free.
 pub fn preflight(config: &VmConfig) -> Result<(), VmError> {
     if !config.image.exists() {
