@@ -20,6 +20,7 @@ pub mod health;
 pub mod logger;
 pub mod modules;
 pub mod mounts;
+pub mod netns;
 pub mod network;
 pub mod order;
 pub mod output;
