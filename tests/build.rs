@@ -293,3 +293,42 @@ fn escaping_oci_member_is_rejected() {
     assert!(error.contains("escaped.txt"), "{error}");
     assert_no_output(&path);
 }
+
+#[test]
+fn killed_build_leaves_no_output_and_resumes() {
+    // The base tree comes from the cache, so the build is in its image steps
+    // when it is killed.
+    image("test-boot");
+    let out = scratch().join("killed-build");
+    let _ = std::fs::remove_dir_all(&out);
+    let definition = repo().join("images/test-boot.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ztms"))
+        .arg("build")
+        .arg(&definition)
+        .arg("--out")
+        .arg(&out)
+        .arg("--init")
+        .arg(harness::init_binary())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(&out).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    assert!(leftovers.is_empty(), "a killed build left {leftovers:?}");
+
+    let status = Command::new(env!("CARGO_BIN_EXE_ztms"))
+        .arg("build")
+        .arg(&definition)
+        .arg("--out")
+        .arg(&out)
+        .arg("--init")
+        .arg(harness::init_binary())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(out.join("test-boot.raw").exists());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("base tree from cache"));
+}
