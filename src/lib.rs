@@ -13,3 +13,4 @@ pub mod net;
 pub mod run;
 pub mod runtime;
 pub mod status;
+pub mod update;

@@ -81,8 +81,49 @@ pub struct ServiceStatus {
     /// Exit of the previous process, for example `exited with status 1` or
     /// `killed by signal SIGSEGV`.
     pub last_exit: Option<String>,
-    /// Process id of the running service process.
+    /// Process id of the running service process (`crun run` for a container).
     pub pid: Option<i32>,
+    /// Security settings of the container's main process, read from
+    /// `/proc/<pid>/status` while it runs.
+    #[serde(default)]
+    pub security: Option<SecurityFacts>,
+    /// crun's memory and the start times of the container.
+    #[serde(default)]
+    pub container: Option<ContainerFacts>,
+}
+
+/// Security settings of a process, as `/proc/<pid>/status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityFacts {
+    /// Process id in the root PID namespace.
+    pub pid: i32,
+    /// Capability sets as bit masks (`CapEff`, `CapPrm`, `CapBnd`, `CapAmb`).
+    pub cap_eff: u64,
+    pub cap_prm: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    /// `NoNewPrivs`: 1 when no_new_privileges is set.
+    pub no_new_privs: u32,
+    /// `Seccomp`: 0 off, 1 strict, 2 filter.
+    pub seccomp: u32,
+    /// Real, effective, saved and filesystem user id.
+    pub uid: [u32; 4],
+    /// Real, effective, saved and filesystem group id.
+    pub gid: [u32; 4],
+}
+
+/// Facts about a service's container and the crun process that runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFacts {
+    /// Resident memory (VmRSS) of the `crun run` process, in KiB.
+    pub crun_rss_kib: Option<u64>,
+    /// Milliseconds from starting `crun run` until the container's main
+    /// process ran the service's program, measured by polling `/proc`
+    /// every 10 ms.
+    pub exec_ms: Option<u64>,
+    /// Milliseconds from starting `crun run` until the first passing
+    /// health check.
+    pub healthy_ms: Option<u64>,
 }
 
 /// Lifecycle state of a service.
@@ -208,6 +249,8 @@ mod tests {
                 restarts: 2,
                 last_exit: Some("exited with status 1".into()),
                 pid: Some(42),
+                security: None,
+                container: None,
             }],
             ready: true,
             uptime_ms: 1234,
@@ -260,4 +303,42 @@ mod tests {
         server.join().unwrap();
         assert_eq!(status, sample());
     }
+}
+
+/// Request prefix of a connection probe, served by test images with
+/// `[debug] probe = true`:
+/// `probe SERVICE tcp|udp IPV4 PORT [source IPV4]`.
+pub const PROBE_REQUEST: &str = "probe";
+
+/// Result of one connection probe made from inside a service's network
+/// namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    pub service: String,
+    pub proto: String,
+    pub address: std::net::Ipv4Addr,
+    pub port: u16,
+    /// Source address the probe bound to, when the request set one.
+    pub source: Option<std::net::Ipv4Addr>,
+    pub outcome: ProbeOutcome,
+    /// The OS error behind `refused`, `unreachable` and `failed`.
+    pub detail: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// Observed result of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeOutcome {
+    /// TCP: the connection was accepted. UDP: a datagram came back.
+    Connected,
+    /// The target's network stack sent a TCP reset or an ICMP
+    /// port unreachable: the packet reached it, but nothing listens there.
+    Refused,
+    /// No reply within the probe's timeout, because a firewall dropped the packet.
+    Timeout,
+    /// An ICMP host or network unreachable, or no route.
+    Unreachable,
+    /// The probe could not run, for example a bind to the source failed.
+    Failed,
 }

@@ -332,3 +332,45 @@ fn killed_build_leaves_no_output_and_resumes() {
     assert!(out.join("test-boot.raw").exists());
     assert!(String::from_utf8_lossy(&status.stdout).contains("base tree from cache"));
 }
+
+#[test]
+fn update_bundle_is_signed_and_verifies() {
+    let overlays = repo().join("overlays");
+    let path = scratch_definition(
+        "update-bundle",
+        &format!(
+            r#"
+[image]
+name = "upd"
+version = "2.0.0"
+
+[base]
+packages = ["busybox"]
+overlays = ["{}", "{}"]
+
+[disk]
+esp = "64M"
+root = "256M"
+
+[update]
+signing_key = "keys/update.key"
+public_key = "keys/update.pub"
+"#,
+            overlays.join("common").display(),
+            overlays.join("test").display()
+        ),
+    );
+    let key = ztms::update::keys::generate(&path.with_file_name("keys")).unwrap();
+    build_definition(&path).expect("build with update keys");
+
+    let out = path.with_file_name("out");
+    let bundle = out.join("upd-2.0.0.ztmsb");
+    let manifest = ztms::update::bundle::verify(&bundle, &key).expect("bundle verifies");
+    let image_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest.root_hash, image_manifest["verity"]["root_hash"].as_str().unwrap());
+    assert_eq!(manifest.version, "2.0.0");
+
+    let other = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]).verifying_key();
+    assert!(ztms::update::bundle::verify(&bundle, &other).is_err(), "a foreign key verified the bundle");
+}

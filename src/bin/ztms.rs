@@ -29,6 +29,11 @@ enum Command {
     Run(ztms::run::RunArgs),
     /// Print the configuration reference generated from the schema.
     ConfigDocs,
+    /// Create an ed25519 update signing key pair: DIR/update.key (private,
+    /// for update.signing_key) and DIR/update.pub (for update.public_key).
+    Keygen {
+        dir: PathBuf,
+    },
     /// Audit every service of a definition against the CIS Docker Benchmark
     /// items that apply; exits non-zero when any item fails.
     Audit {
@@ -83,6 +88,11 @@ fn execute(cli: Cli) -> Result<ExitCode, String> {
         Command::Run(args) => ztms::run::execute(args).map_err(|e| e.to_string()),
         Command::ConfigDocs => {
             print!("{}", ztms::config::docs::render());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { dir } => {
+            let key = ztms::update::keys::generate(&dir).map_err(|e| e.to_string())?;
+            println!("wrote {0}/update.key and {0}/update.pub (public key {1})", dir.display(), hex::encode(key.as_bytes()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { definition } => {

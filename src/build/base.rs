@@ -68,12 +68,22 @@ impl Base {
     }
 }
 
-/// Returns every package the tree gets: the base list plus each service's.
+/// Debian packages that ztms-init's network phase runs: `ip` (iproute2),
+/// `nft` with JSON input (nftables) and `udhcpc` for a DHCP uplink (busybox).
+pub const NETWORK_PACKAGES: &[&str] = &["busybox", "iproute2", "nftables"];
+
+/// Returns every package the tree gets: the network tools, the base list
+/// and each service's.
 pub fn package_list(loaded: &Loaded) -> Vec<String> {
     let definition = &loaded.definition;
-    let mut packages: BTreeSet<String> = definition.base.packages.iter().cloned().collect();
+    let mut packages: BTreeSet<String> = NETWORK_PACKAGES.iter().map(|name| name.to_string()).collect();
+    packages.extend(definition.base.packages.iter().cloned());
     for service in &definition.services {
         packages.extend(service.packages.iter().cloned());
+    }
+    // ztms-init runs every service with crun.
+    if !definition.services.is_empty() {
+        packages.insert("crun".to_string());
     }
     packages.into_iter().collect()
 }

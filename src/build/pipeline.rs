@@ -10,6 +10,9 @@ use super::manifest::{self, Artifact, Manifest};
 use super::{base, disk, esp, host, initramfs, rootimg, services, tree, uki, BuildError};
 use crate::config::Loaded;
 
+/// Path of the update verification key inside the root image.
+pub const UPDATE_KEY_PATH: &str = "etc/ztms/update.pub";
+
 /// Inputs of one build besides the definition.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -84,6 +87,7 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
     let init = std::fs::read(&options.init_binary)
         .map_err(|_| BuildError::InitMissing(options.init_binary.clone()))?;
     let plan = crate::init::plan::from_definition(definition).map_err(|e| BuildError::Plan(e.to_string()))?;
+    let network = crate::net::ApplianceNetwork::from_definition(definition).map_err(|e| BuildError::Plan(e.to_string()))?;
 
     base::remove_stale(&options.cache_dir.join("work"));
     let work = options.cache_dir.join("work").join(format!("{name}-{}", super::unique_suffix()));
@@ -104,9 +108,18 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         tree::write_file(&tree_dir, tree::INIT_PATH, &init, 0o755)?;
         let plan_json = serde_json::to_vec_pretty(&plan).unwrap_or_default();
         tree::write_file(&tree_dir, tree::PLAN_PATH, &plan_json, 0o644)?;
+        let network_json = serde_json::to_vec_pretty(&network).unwrap_or_default();
+        tree::write_file(&tree_dir, crate::net::NETWORK_PATH.trim_start_matches('/'), &network_json, 0o644)?;
+        tree::write_file(&tree_dir, crate::net::UDHCPC_SCRIPT_PATH.trim_start_matches('/'), crate::net::UDHCPC_SCRIPT.as_bytes(), 0o755)?;
         let hostname = definition.base.hostname.as_deref().unwrap_or(name);
         tree::write_file(&tree_dir, "etc/hostname", format!("{hostname}\n").as_bytes(), 0o644)?;
         tree::write_file(&tree_dir, "etc/os-release", os_release(loaded).as_bytes(), 0o644)?;
+        if let Some(public_key) = &definition.update.public_key {
+            let path = loaded.resolve(public_key);
+            crate::update::keys::load_verifying(&path).map_err(|e| BuildError::Plan(e.to_string()))?;
+            let text = std::fs::read(&path).map_err(|e| BuildError::io("read update key", &path, e))?;
+            tree::write_file(&tree_dir, UPDATE_KEY_PATH, &text, 0o644)?;
+        }
         Ok(())
     })?;
 
@@ -200,8 +213,32 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         write(&work_path.join("manifest.json"), text.as_bytes())
     })?;
 
+    let mut published = vec![format!("{name}.raw"), format!("{name}.qcow2"), uki_name.clone(), "manifest.json".to_string()];
+    if let Some(signing_key) = &definition.update.signing_key {
+        let bundle_name = format!("{name}-{}.ztmsb", definition.image.version);
+        steps.run("bundle", || {
+            let key = crate::update::keys::load_signing(&loaded.resolve(signing_key))
+                .map_err(|e| BuildError::Plan(e.to_string()))?;
+            let files = [("root.img".to_string(), root_image.clone()), ("uki.efi".to_string(), uki_path.clone())];
+            let mut described = Vec::new();
+            for (file, path) in &files {
+                described.push(crate::update::bundle::describe(file, path).map_err(|e| BuildError::Plan(e.to_string()))?);
+            }
+            let manifest = crate::update::bundle::BundleManifest {
+                format: crate::update::bundle::FORMAT,
+                name: name.to_string(),
+                version: definition.image.version.clone(),
+                root_hash: verity.root_hash.clone(),
+                artifacts: described,
+            };
+            crate::update::bundle::write(&work_path.join(&bundle_name), &manifest, &key, &files)
+                .map_err(|e| BuildError::Plan(e.to_string()))
+        })?;
+        published.push(bundle_name);
+    }
+
     std::fs::create_dir_all(&options.out_dir).map_err(|e| BuildError::io("create output directory", &options.out_dir, e))?;
-    for file in [format!("{name}.raw"), format!("{name}.qcow2"), uki_name.clone(), "manifest.json".to_string()] {
+    for file in published {
         publish(&work_path.join(&file), &options.out_dir.join(&file))?;
     }
     steps.spinner.finish_and_clear();

@@ -1,6 +1,7 @@
 //! Service root filesystems in the image: OCI images unpacked under
-//! `/usr/lib/ztms/services/<name>/rootfs`, and the mount points every
-//! container needs, created before the image is sealed read-only.
+//! `/usr/lib/ztms/services/<name>/rootfs`, the mount points every
+//! container needs, created before the image is sealed read-only, and each
+//! service's OCI spec at `/usr/lib/ztms/bundles/<name>/config.json`.
 
 use std::path::Path;
 
@@ -9,8 +10,9 @@ use super::BuildError;
 use crate::config::Loaded;
 use crate::runtime::{self, RootfsDir, ServiceInput};
 
-/// Unpacks each service's OCI image into `tree` and creates the mount
-/// points of every service. Returns the number of images imported.
+/// Unpacks each service's OCI image into `tree`, creates the mount points
+/// of every service and writes its spec. Returns the number of images
+/// imported.
 pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
     let mut imported = 0;
     for service in &loaded.definition.services {
@@ -39,6 +41,21 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
                 std::fs::create_dir_all(&target).map_err(|e| BuildError::io("create mount point", &target, e))?;
             }
         }
+
+        // Device grants stay in an annotation: ztms-init fills in their
+        // numbers at boot.
+        let bundle = tree.join(runtime::BUNDLES_DIR.trim_start_matches('/')).join(name);
+        std::fs::create_dir_all(&bundle).map_err(|e| BuildError::io("create bundle directory", &bundle, e))?;
+        let config = bundle.join("config.json");
+        let text = serde_json::to_vec_pretty(&spec).map_err(|e| BuildError::Plan(format!("service {name:?}: {e}")))?;
+        std::fs::write(&config, text).map_err(|e| BuildError::io("write bundle spec", &config, e))?;
+    }
+
+    // Mount point of the data filesystem, which the root image cannot
+    // create at boot.
+    if !loaded.definition.services.is_empty() {
+        let data = tree.join(runtime::DATA_DIR.trim_start_matches('/'));
+        std::fs::create_dir_all(&data).map_err(|e| BuildError::io("create mount point", &data, e))?;
     }
     Ok(imported)
 }

@@ -180,7 +180,7 @@ pub struct Service {
     #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// Debian packages that provide the service; they are installed in the
-    /// root filesystem, which the container sees read-only.
+    /// root filesystem, which the container mounts read-only.
     #[serde(default)]
     pub packages: Vec<String>,
     /// OCI image archive (docker-save tar or oci-archive) or OCI layout
@@ -204,7 +204,7 @@ pub struct Service {
     /// Services that must be healthy before this one starts.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// Where the service may send traffic outside the appliance.
+    /// Destinations outside the appliance that the service may reach.
     #[serde(default)]
     pub egress: Egress,
     /// Health check; without one, a running process counts as healthy.
@@ -268,7 +268,7 @@ pub struct Volume {
     pub read_only: bool,
 }
 
-/// Where a service may send traffic outside the appliance.
+/// Destinations outside the appliance that a service may reach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Egress {
@@ -311,11 +311,12 @@ pub enum Health {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Exception {
-    /// What is allowed: `cap:NAME` (a capability), `device:PATH` (a device
-    /// node), `exec-tmpfs:PATH` (a writable tmpfs that allows execution) or
-    /// `writable:PATH` (a writable tmpfs).
+    /// The allowed exception: `cap:NAME` (a capability), `device:PATH` (a device
+    /// node), `exec-tmpfs:PATH` (a writable tmpfs that allows execution),
+    /// `writable:PATH` (a writable tmpfs) or `namespace:host-pid` (the
+    /// appliance's PID namespace, for test images that signal PID 1).
     pub allow: String,
-    /// Why the service needs it; printed by `ztms audit`.
+    /// The reason the service needs it, printed by `ztms audit`.
     pub reason: String,
 }
 
@@ -480,10 +481,10 @@ pub struct RemotePeer {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// How the data partition is unlocked.
+    /// Unlock method of the data partition.
     #[serde(default)]
     pub unlock: Unlock,
-    /// Format the data partition even when it holds a LUKS header or a
+    /// Format the data partition even when it contains a LUKS header or a
     /// filesystem. Every byte on it is lost.
     #[serde(default)]
     pub wipe: bool,
@@ -498,7 +499,7 @@ impl Default for Storage {
     }
 }
 
-/// How the data partition is unlocked at boot.
+/// Unlock method of the data partition at boot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unlock {

@@ -193,11 +193,13 @@ fn validate_services(loaded: &Loaded) -> Result<(), ConfigError> {
                 ));
             }
             let kind = exception.allow.split_once(':').map(|(kind, _)| kind);
-            if !matches!(kind, Some("cap" | "device" | "exec-tmpfs" | "writable")) {
+            let known = matches!(kind, Some("cap" | "device" | "exec-tmpfs" | "writable"))
+                || exception.allow == "namespace:host-pid";
+            if !known {
                 return Err(loaded.invalid(
                     at,
                     format!(
-                        "service {name:?}: invalid exception {:?}; use cap:NAME, device:PATH, exec-tmpfs:PATH or writable:PATH",
+                        "service {name:?}: invalid exception {:?}; use cap:NAME, device:PATH, exec-tmpfs:PATH, writable:PATH or namespace:host-pid",
                         exception.allow
                     ),
                 ));

@@ -6,7 +6,10 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use super::netns;
 
 /// Bytes of an HTTP response read before giving up on a status line.
 const MAX_RESPONSE_HEAD: usize = 1024;
@@ -76,9 +79,21 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 impl NetProbe {
-    /// Starts a TCP probe, or an HTTP probe when `http_path` is given.
-    pub fn start(address: SocketAddrV4, http_path: Option<&str>, timeout: Duration, now: Instant) -> io::Result<Self> {
-        let stream = connect_nonblocking(address)?;
+    /// Starts a TCP probe, or an HTTP probe when `http_path` is given. With
+    /// `namespace`, the socket is created inside that network namespace, on
+    /// a thread of its own, and the probe connects from there.
+    pub fn start(
+        address: SocketAddrV4,
+        http_path: Option<&str>,
+        timeout: Duration,
+        namespace: Option<&Path>,
+        now: Instant,
+    ) -> io::Result<Self> {
+        let socket = match namespace {
+            None => new_socket()?,
+            Some(path) => netns::run_in(path, new_socket).map_err(|error| io::Error::other(error.to_string()))??,
+        };
+        let stream = connect_nonblocking(socket, address)?;
         Ok(Self {
             stream,
             address,
@@ -177,8 +192,9 @@ impl NetProbe {
     }
 }
 
-/// Starts a non-blocking TCP connect; completion is reported by POLLOUT.
-fn connect_nonblocking(address: SocketAddrV4) -> io::Result<TcpStream> {
+/// Creates a non-blocking TCP socket in the calling thread's network
+/// namespace, which the socket keeps for its lifetime.
+fn new_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket(2) takes no pointers; the result is checked.
     let fd = unsafe {
         libc::socket(
@@ -191,8 +207,12 @@ fn connect_nonblocking(address: SocketAddrV4) -> io::Result<TcpStream> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is a new socket that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
+/// Starts a non-blocking TCP connect on `owned`; completion is reported by
+/// POLLOUT.
+fn connect_nonblocking(owned: OwnedFd, address: SocketAddrV4) -> io::Result<TcpStream> {
     let socket_address = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: address.port().to_be(),
@@ -287,14 +307,14 @@ mod tests {
     fn tcp_probe_succeeds_on_listening_port() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let probe = NetProbe::start(local(port), None, Duration::from_secs(2), Instant::now()).unwrap();
+        let probe = NetProbe::start(local(port), None, Duration::from_secs(2), None, Instant::now()).unwrap();
         assert_eq!(run(probe), Progress::Healthy);
     }
 
     #[test]
     fn tcp_probe_fails_on_closed_port() {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let result = NetProbe::start(local(port), None, Duration::from_secs(2), Instant::now()).map(run);
+        let result = NetProbe::start(local(port), None, Duration::from_secs(2), None, Instant::now()).map(run);
         assert!(!matches!(result, Ok(Progress::Healthy)), "{result:?}");
     }
 
@@ -308,7 +328,7 @@ mod tests {
             let _ = stream.read(&mut request).unwrap();
             stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
         });
-        let probe = NetProbe::start(local(port), Some("/"), Duration::from_secs(2), Instant::now()).unwrap();
+        let probe = NetProbe::start(local(port), Some("/"), Duration::from_secs(2), None, Instant::now()).unwrap();
         assert_eq!(run(probe), Progress::Healthy);
         server.join().unwrap();
     }
@@ -317,7 +337,7 @@ mod tests {
     fn http_probe_times_out_on_silent_server() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let probe = NetProbe::start(local(port), Some("/"), Duration::from_millis(100), Instant::now()).unwrap();
+        let probe = NetProbe::start(local(port), Some("/"), Duration::from_millis(100), None, Instant::now()).unwrap();
         let result = run(probe);
         drop(listener);
         assert!(matches!(&result, Progress::Unhealthy(reason) if reason.contains("no HTTP reply")), "{result:?}");
@@ -333,7 +353,7 @@ mod tests {
             let _ = stream.read(&mut request).unwrap();
             stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").unwrap();
         });
-        let probe = NetProbe::start(local(port), Some("/"), Duration::from_secs(2), Instant::now()).unwrap();
+        let probe = NetProbe::start(local(port), Some("/"), Duration::from_secs(2), None, Instant::now()).unwrap();
         assert_eq!(run(probe), Progress::Unhealthy("HTTP status 503".into()));
         server.join().unwrap();
     }

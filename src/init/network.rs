@@ -1,29 +1,180 @@
-//! The network phase: the loopback interface now; later the uplink, one
-//! bridge per segment, a network namespace per service, the nftables
-//! ruleset and WireGuard.
+//! The network phase: applies the network plan that `ztms build` wrote to
+//! `/etc/ztms/network.json`, in this order:
 //!
-//! NOTE: only loopback is configured in this build. Services share
-//! ztms-init's network namespace and health checks go to 127.0.0.1 until
-//! this phase gives each service its own address.
+//! 1. loopback up, kernel modules (nf_tables and its expressions,
+//!    conntrack, NAT, veth), IPv4 forwarding on;
+//! 2. per service: the namespace `/run/netns/NAME` with IPv6 off and `lo`
+//!    up, its veth pair, addresses and routes ([`links`]);
+//! 3. the complete nftables ruleset, applied atomically with `nft -j -f -`;
+//! 4. the uplink: DHCP through busybox `udhcpc`, or the static address.
+//!
+//! The firewall is in place before the uplink has an address, and an error
+//! in steps 1 to 3 fails the phase, so no service starts without its
+//! firewall. An uplink error is logged with the interface, the setting and
+//! the kernel's message, and the phase goes on: the services still run
+//! behind the firewall, and the console shows why the appliance is not
+//! reachable.
+//!
+//! Links are configured with the `ip` program of iproute2 rather than
+//! rtnetlink from PID 1: it needs no async runtime inside ztms-init, each
+//! step is one readable command in the log, and a failure carries the
+//! kernel's own message ("RTNETLINK answers: File exists"). Commands run
+//! here, before the main loop's reaper starts, so waiting for them takes no
+//! exit status from the supervisor.
+//!
+//! NOTE: a service that runs as a plain process stays in the root
+//! namespace. Loopback is open in the ruleset, so its health checks on
+//! 127.0.0.1 keep working.
 
-use std::io;
+pub mod links;
+pub mod probe;
+
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
+use super::modules;
 use super::plan::AppliancePlan;
+use crate::net::{nftables, ApplianceNetwork, NetworkPlan, NETWORK_PATH};
+
+/// `nft` from Debian's nftables package.
+pub const NFT: &str = "/usr/sbin/nft";
+
+/// Kernel modules the applied plan uses; `virtio_net` is the uplink's
+/// driver under QEMU. Counters, sets, `exthdr` and `rt` are part of
+/// nf_tables.ko in Debian's 6.1 kernel. Names that are built in or absent
+/// are skipped with a log line. If the ruleset needs a missing module,
+/// `nft` fails and names it.
+const MODULES: &[&str] = &[
+    "veth",
+    "nf_tables",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_defrag_ipv4",
+    "nft_ct",
+    "nft_nat",
+    "nft_masq",
+    "nft_chain_nat",
+    "nft_fib",
+    "nft_fib_ipv4",
+    "nft_fib_ipv6",
+    "nft_fib_inet",
+    "nft_limit",
+    "nft_objref",
+    "virtio_net",
+];
 
 /// Brings up the networks of `plan`.
 pub fn run(plan: &AppliancePlan) -> Result<(), String> {
     set_up("lo").map_err(|error| format!("bringing up the loopback interface lo failed: {error}"))?;
     log::info!("loopback interface lo is up");
-    log::info!(
-        "network: segments are not configured in this build; {} services share the loopback network",
-        plan.services.len()
-    );
+
+    let path = Path::new(NETWORK_PATH);
+    if !path.exists() {
+        log::warn!(
+            "network: {} not found; only loopback is configured and {} services share it",
+            path.display(),
+            plan.services.len()
+        );
+        return Ok(());
+    }
+    let network = load(path)?;
+    apply(&network.plan)?;
+    if network.probe {
+        probe::enable(&network.plan);
+    }
     Ok(())
 }
 
+fn load(path: &Path) -> Result<ApplianceNetwork, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read network plan {}: {error}", path.display()))?;
+    serde_json::from_str(&text).map_err(|error| format!("invalid network plan {}: {error}", path.display()))
+}
+
+fn apply(plan: &NetworkPlan) -> Result<(), String> {
+    match modules::load_by_name(MODULES) {
+        Ok(failed) if failed.is_empty() => {}
+        Ok(failed) => log::info!("network modules not loaded (built in or absent): {}", failed.join(", ")),
+        Err(error) => log::warn!("reading the module index failed: {error}; loading no network modules"),
+    }
+    write_sysctl("net.ipv4.ip_forward", "1")?;
+
+    let started = Instant::now();
+    for service in &plan.services {
+        links::create_service_link(service)?;
+    }
+    log::info!(
+        "network: {} service namespaces with veth links in {} ms",
+        plan.services.len(),
+        started.elapsed().as_millis()
+    );
+
+    apply_firewall(plan)?;
+
+    if let Err(error) = links::bring_up_uplink(&plan.uplink) {
+        log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
+    }
+    Ok(())
+}
+
+/// Applies the complete ruleset in one `nft` transaction and logs its size
+/// and the time the kernel took.
+fn apply_firewall(plan: &NetworkPlan) -> Result<(), String> {
+    let document = nftables::ruleset(plan, &[]);
+    let json = nftables::to_json(&document);
+    let rules = json.matches("\"rule\":").count();
+    let started = Instant::now();
+    let output = run_with_input(Command::new(NFT).args(["-j", "-f", "-"]), &json)
+        .map_err(|error| format!("applying the nftables ruleset failed: {error}"))?;
+    log::info!(
+        "firewall: table inet {} applied: {rules} rules, {} allowed flows, {} published ports, {} bytes of JSON in {} ms",
+        nftables::TABLE,
+        plan.flows.len(),
+        plan.published.len(),
+        json.len(),
+        started.elapsed().as_millis()
+    );
+    if !output.trim().is_empty() {
+        log::info!("nft: {}", output.trim());
+    }
+    Ok(())
+}
+
+/// Runs `command` with `input` on its standard input and returns its
+/// standard output, or an error with the program's standard error.
+pub fn run_with_input(command: &mut Command, input: &str) -> Result<String, String> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("starting {program} failed: {error}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that exits early closes its input. Its exit status and
+        // standard error below give the reason.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(|error| format!("waiting for {program} failed: {error}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr: Vec<&str> = stderr.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+        return Err(format!("{program} exited with {}: {}", output.status, stderr.join("; ")));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Writes `value` to the sysctl `key` of the calling thread's network
+/// namespace.
+pub fn write_sysctl(key: &str, value: &str) -> Result<(), String> {
+    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|error| format!("setting {key} = {value} failed: {error}"))
+}
+
 /// Sets IFF_UP on the interface `name`, as `ip link set <name> up` does.
-fn set_up(name: &str) -> io::Result<()> {
+pub fn set_up(name: &str) -> io::Result<()> {
     // SAFETY: socket(2) takes no pointers; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

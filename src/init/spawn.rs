@@ -1,9 +1,12 @@
 //! Starting a child process for the supervisor: the one place where
 //! ztms-init creates processes.
 //!
-//! NOTE: services run as plain processes with dropped privileges for now.
-//! Running each as an OCI container through crun replaces [`spawn`], and
-//! nothing else in the supervisor needs to change for it.
+//! ztms-init runs each service as an OCI container: [`spawn`] starts
+//! `crun run` (see [`container`]), which applies the service's policy. The
+//! supervisor's unit tests use [`spawn`] for plain processes with dropped
+//! privileges.
+
+pub mod container;
 
 use std::fs::File;
 use std::io;

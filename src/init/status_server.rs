@@ -9,6 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::network::probe as net_probe;
 use crate::status::{ErrorReply, Status, REQUEST};
 
 /// Maximum length of a request line, in bytes.
@@ -20,6 +21,9 @@ const MAX_CONNECTIONS: usize = 16;
 /// Pause before polling a serial port again after the host side closed it,
 /// because a closed port reports POLLHUP continuously.
 const SERIAL_RETRY: Duration = Duration::from_secs(1);
+
+/// Probes in flight at once; more get an error reply.
+const MAX_PROBES: usize = 16;
 
 /// Returns the reply line, newline included, to one request line.
 pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
@@ -58,6 +62,22 @@ struct Connection {
     deadline: Instant,
 }
 
+/// Destination of the reply of a probe in flight.
+#[derive(Debug)]
+enum ReplyTo {
+    Serial,
+    Connection(UnixStream),
+}
+
+/// A probe running on its own thread, which writes its reply line into
+/// `reply` and closes it.
+#[derive(Debug)]
+struct PendingProbe {
+    reply: UnixStream,
+    buffer: Vec<u8>,
+    reply_to: ReplyTo,
+}
+
 #[derive(Debug)]
 struct SerialPort {
     path: PathBuf,
@@ -73,6 +93,7 @@ pub struct StatusServer {
     listener: Option<UnixListener>,
     connections: Vec<Connection>,
     serial: Option<SerialPort>,
+    probes: Vec<PendingProbe>,
 }
 
 impl StatusServer {
@@ -134,6 +155,7 @@ impl StatusServer {
                 fds.push(serial.file.as_raw_fd());
             }
         }
+        fds.extend(self.probes.iter().map(|p| p.reply.as_raw_fd()));
         fds
     }
 
@@ -159,6 +181,79 @@ impl StatusServer {
         }
         if self.serial.as_ref().is_some_and(|s| s.file.as_raw_fd() == fd) {
             self.serve_serial(revents, now, status);
+            return;
+        }
+        if let Some(position) = self.probes.iter().position(|p| p.reply.as_raw_fd() == fd) {
+            self.forward_probe_reply(position);
+        }
+    }
+
+    /// Starts the probe of request `line` on its own thread, or returns the
+    /// error line when it cannot run.
+    fn start_probe(&mut self, line: &str, reply_to: ReplyTo) -> Result<(), (String, ReplyTo)> {
+        let error_line = |message: String| {
+            let mut line = serde_json::to_string(&ErrorReply { error: message }).unwrap_or_default();
+            line.push('\n');
+            line
+        };
+        if self.probes.len() >= MAX_PROBES {
+            return Err((error_line(format!("{MAX_PROBES} probes are already running; wait for a reply")), reply_to));
+        }
+        let (request, path) = match net_probe::parse(line) {
+            Ok(parsed) => parsed,
+            Err(message) => return Err((error_line(message), reply_to)),
+        };
+        let (reader, mut writer) = match UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(error) => return Err((error_line(format!("creating the probe's reply channel failed: {error}")), reply_to)),
+        };
+        if let Err(error) = reader.set_nonblocking(true) {
+            return Err((error_line(format!("creating the probe's reply channel failed: {error}")), reply_to));
+        }
+        let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
+            let reply = net_probe::run(request, path);
+            let mut line = serde_json::to_string(&reply).unwrap_or_default();
+            line.push('\n');
+            let _ = writer.write_all(line.as_bytes());
+        });
+        if let Err(error) = spawned {
+            return Err((error_line(format!("starting the probe thread failed: {error}")), reply_to));
+        }
+        self.probes.push(PendingProbe { reply: reader, buffer: Vec::new(), reply_to });
+        Ok(())
+    }
+
+    /// Reads a probe's reply and passes it on once the probe thread closed
+    /// its end.
+    fn forward_probe_reply(&mut self, position: usize) {
+        let probe = &mut self.probes[position];
+        let mut chunk = [0u8; 1024];
+        loop {
+            match probe.reply.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(count) => probe.buffer.extend_from_slice(&chunk[..count]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    log::warn!("reading a probe reply failed: {error}");
+                    break;
+                }
+            }
+        }
+        let probe = self.probes.swap_remove(position);
+        match probe.reply_to {
+            ReplyTo::Connection(mut stream) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+                let _ = stream.write_all(&probe.buffer);
+            }
+            ReplyTo::Serial => {
+                if let Some(serial) = &mut self.serial {
+                    if let Err(error) = serial.file.write_all(&probe.buffer) {
+                        log::debug!("writing to status port {} failed: {error}", serial.path.display());
+                    }
+                }
+            }
         }
     }
 
@@ -205,6 +300,15 @@ impl StatusServer {
         let Some(line) = take_lines(&mut connection.buffer).into_iter().next() else {
             return connection.buffer.len() > MAX_REQUEST;
         };
+        if net_probe::is_probe(&line) {
+            let stream = self.connections.swap_remove(position).stream;
+            if let Err((error_line, ReplyTo::Connection(mut stream))) = self.start_probe(&line, ReplyTo::Connection(stream)) {
+                let _ = stream.write_all(error_line.as_bytes());
+            }
+            // The connection is no longer in the list; the caller's
+            // swap_remove must not run.
+            return false;
+        }
         // The reply is a few kilobytes and the socket buffer is empty, so
         // one write normally takes it all. A client that does not read
         // loses the rest.
@@ -238,13 +342,23 @@ impl StatusServer {
             return;
         }
         serial.paused_until = None;
-        for line in take_lines(&mut serial.buffer) {
-            if let Err(error) = serial.file.write_all(reply(&line, status).as_bytes()) {
-                log::debug!("writing to status port {} failed: {error}", serial.path.display());
-            }
-        }
+        let lines = take_lines(&mut serial.buffer);
         if serial.buffer.len() > MAX_REQUEST {
             serial.buffer.clear();
+        }
+        for line in lines {
+            let text = if net_probe::is_probe(&line) {
+                match self.start_probe(&line, ReplyTo::Serial) {
+                    Ok(()) => continue,
+                    Err((error_line, _)) => error_line,
+                }
+            } else {
+                reply(&line, status)
+            };
+            let Some(serial) = &mut self.serial else { return };
+            if let Err(error) = serial.file.write_all(text.as_bytes()) {
+                log::debug!("writing to status port {} failed: {error}", serial.path.display());
+            }
         }
     }
 }

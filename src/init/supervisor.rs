@@ -23,8 +23,9 @@ use super::health::{NetProbe, Progress};
 use super::logger::SERVICE_OUTPUT;
 use super::output::{LineBuffer, Tail};
 use super::plan::{AppliancePlan, HealthPlan, ServicePlan};
-use super::spawn::{self, SpawnRequest};
-use crate::status::{ServiceState, ServiceStatus};
+use super::netns;
+use super::spawn::{self, container, SpawnRequest};
+use crate::status::{ContainerFacts, ServiceState, ServiceStatus};
 
 /// Delay from a start to the first health check.
 const FIRST_CHECK_DELAY: Duration = Duration::from_millis(200);
@@ -39,6 +40,21 @@ const UNHEALTHY_AFTER: u32 = 3;
 const CRASH_LOOP_EXITS: u32 = 3;
 /// Interval of "still not healthy" log lines of a starting service.
 const NOT_HEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Interval of the `/proc` checks for a container's main process after
+/// `crun run` starts, which bounds the error of the measured exec time.
+const EXEC_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// Time after `crun run` starts during which the main process is polled for.
+const EXEC_POLL_PERIOD: Duration = Duration::from_secs(10);
+
+/// How services are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// As OCI containers with crun, from the bundles in the root image.
+    Container,
+    /// As plain processes with the service's uid and gid, for tests on a
+    /// host that has no bundles.
+    Process,
+}
 
 /// Owner of a child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +101,10 @@ struct Service {
     last_not_healthy_log: Option<Instant>,
     tail: Tail,
     cgroup_procs: Option<File>,
+    /// Milliseconds from the start until the container ran its program.
+    exec_ms: Option<u64>,
+    /// Milliseconds from the start until the first passing health check.
+    healthy_ms: Option<u64>,
 }
 
 /// Every service and every child process of ztms-init.
@@ -94,7 +114,12 @@ pub struct Supervisor {
     owners: HashMap<Pid, Owner>,
     pipes: Vec<OutputPipe>,
     use_cgroups: bool,
+    runner: Runner,
     shutting_down: bool,
+}
+
+fn since_start_ms(started_at: Option<Instant>, now: Instant) -> u64 {
+    started_at.map_or(0, |at| now.saturating_duration_since(at).as_millis() as u64)
 }
 
 /// Describes how a process ended, for logs and the status API.
@@ -108,9 +133,15 @@ pub fn describe_exit(status: &WaitStatus) -> String {
 }
 
 impl Supervisor {
-    /// Prepares the services of `plan`, which lists them in start order.
-    /// `use_cgroups` puts each service into its own cgroup.
+    /// Prepares the services of `plan`, which lists them in start order,
+    /// to run as containers. `use_cgroups` lets the supervisor kill every
+    /// process of a service through its cgroup.
     pub fn new(plan: &AppliancePlan, use_cgroups: bool) -> Self {
+        Self::with_runner(plan, use_cgroups, Runner::Container)
+    }
+
+    /// Prepares the services of `plan` to run with `runner`.
+    pub fn with_runner(plan: &AppliancePlan, use_cgroups: bool, runner: Runner) -> Self {
         let index_of: HashMap<&str, usize> = plan
             .services
             .iter()
@@ -145,6 +176,8 @@ impl Supervisor {
                 last_not_healthy_log: None,
                 tail: Tail::default(),
                 cgroup_procs: None,
+                exec_ms: None,
+                healthy_ms: None,
             })
             .collect();
         Self {
@@ -152,6 +185,7 @@ impl Supervisor {
             owners: HashMap::new(),
             pipes: Vec::new(),
             use_cgroups,
+            runner,
             shutting_down: false,
         }
     }
@@ -184,8 +218,50 @@ impl Supervisor {
                 restarts: service.restarts,
                 last_exit: service.last_exit.clone(),
                 pid: service.pid.map(Pid::as_raw),
+                security: self.main_pid(service).and_then(container::security),
+                container: (self.runner == Runner::Container).then(|| ContainerFacts {
+                    crun_rss_kib: service.pid.and_then(|pid| container::rss_kib(pid.as_raw())),
+                    exec_ms: service.exec_ms,
+                    healthy_ms: service.healthy_ms,
+                }),
             })
             .collect()
+    }
+
+    /// Returns the container's main process of a running service.
+    fn main_pid(&self, service: &Service) -> Option<i32> {
+        if self.runner != Runner::Container {
+            return None;
+        }
+        container::main_pid(service.pid?.as_raw())
+    }
+
+    /// Returns true while a started container's main process is polled for.
+    fn exec_pending(&self, service: &Service, now: Instant) -> bool {
+        self.runner == Runner::Container
+            && service.pid.is_some()
+            && service.exec_ms.is_none()
+            && service.started_at.is_some_and(|at| now.saturating_duration_since(at) < EXEC_POLL_PERIOD)
+    }
+
+    /// Records when a container started by `crun run` began to run its
+    /// program, and logs the time with crun's memory.
+    fn poll_exec(&mut self, index: usize, now: Instant) {
+        if !self.exec_pending(&self.services[index], now) {
+            return;
+        }
+        let Some(main) = self.main_pid(&self.services[index]) else { return };
+        let service = &mut self.services[index];
+        let exec_ms = since_start_ms(service.started_at, now);
+        service.exec_ms = Some(exec_ms);
+        let rss = service
+            .pid
+            .and_then(|pid| container::rss_kib(pid.as_raw()))
+            .map_or("unknown".to_string(), |kib| format!("{kib} KiB"));
+        log::info!(
+            "service {}: container process {main} runs its program {exec_ms} ms after crun run started; crun RSS {rss}",
+            service.plan.name
+        );
     }
 
     /// Starts what is due: services whose dependencies are healthy,
@@ -211,6 +287,7 @@ impl Supervisor {
                     }
                 }
                 ServiceState::Starting | ServiceState::Running | ServiceState::Unhealthy => {
+                    self.poll_exec(index, now);
                     self.check_due(index, now);
                 }
                 ServiceState::Stopping | ServiceState::Stopped => {}
@@ -230,6 +307,10 @@ impl Supervisor {
                     None => deadlines.extend(service.next_check),
                 },
                 _ => {}
+            }
+            let now = Instant::now();
+            if self.exec_pending(service, now) {
+                deadlines.push(now + EXEC_POLL_INTERVAL);
             }
         }
         deadlines.into_iter().min()
@@ -292,6 +373,18 @@ impl Supervisor {
     }
 
     fn start(&mut self, index: usize, now: Instant) {
+        if self.runner == Runner::Container {
+            let name = self.services[index].plan.name.clone();
+            match container::prepare(&name) {
+                Ok(bundle) => {
+                    let argv = container::run_argv(&name, &bundle);
+                    self.launch(index, &argv, 0, 0, now);
+                }
+                Err(error) => self.start_failed(index, &error, now),
+            }
+            return;
+        }
+
         if self.use_cgroups && self.services[index].cgroup_procs.is_none() {
             match cgroups::service_procs(&self.services[index].plan.name) {
                 Ok(file) => self.services[index].cgroup_procs = Some(file),
@@ -302,11 +395,17 @@ impl Supervisor {
             }
         }
 
+        let plan = self.services[index].plan.clone();
+        self.launch(index, &plan.command, plan.uid, plan.gid, now);
+    }
+
+    /// Starts the main process of service `index` with `argv`.
+    fn launch(&mut self, index: usize, argv: &[String], uid: u32, gid: u32, now: Instant) {
         let service = &mut self.services[index];
         let request = SpawnRequest {
-            argv: &service.plan.command,
-            uid: service.plan.uid,
-            gid: service.plan.gid,
+            argv,
+            uid,
+            gid,
             cgroup_procs: service.cgroup_procs.as_ref(),
             capture_output: true,
         };
@@ -324,6 +423,8 @@ impl Supervisor {
                 let service = &mut self.services[index];
                 service.pid = Some(spawned.pid);
                 service.started_at = Some(now);
+                service.exec_ms = None;
+                service.healthy_ms = None;
                 service.failed_checks = 0;
                 service.last_not_healthy_log = Some(now);
                 let verb = if restart { "restarted" } else { "started" };
@@ -340,21 +441,21 @@ impl Supervisor {
                 }
             }
             Err(error) => {
-                let service = &mut self.services[index];
-                let description = format!("start failed: {error}");
-                let delay = service.backoff.next_delay(Duration::ZERO);
-                service.state = ServiceState::SpawnFailed;
-                service.restart_at = Some(now + delay);
-                service.restarts += 1;
-                log::error!(
-                    "service {}: starting {:?} failed: {error}; retrying in {} s",
-                    service.plan.name,
-                    service.plan.command[0],
-                    delay.as_secs()
-                );
-                service.last_exit = Some(description);
+                let error = format!("starting {:?} failed: {error}", argv[0]);
+                self.start_failed(index, &error, now);
             }
         }
+    }
+
+    /// Schedules a retry of service `index` after a failed start.
+    fn start_failed(&mut self, index: usize, error: &str, now: Instant) {
+        let service = &mut self.services[index];
+        let delay = service.backoff.next_delay(Duration::ZERO);
+        service.state = ServiceState::SpawnFailed;
+        service.restart_at = Some(now + delay);
+        service.restarts += 1;
+        log::error!("service {}: {error}; retrying in {} s", service.plan.name, delay.as_secs());
+        service.last_exit = Some(format!("start failed: {error}"));
     }
 
     fn check_due(&mut self, index: usize, now: Instant) {
@@ -382,27 +483,44 @@ impl Supervisor {
     }
 
     fn start_check(&mut self, index: usize, now: Instant) {
+        let runner = self.runner;
         let service = &mut self.services[index];
         service.next_check = None;
         let address = service.plan.address;
+        // A container has only its own network namespace, so its probes
+        // connect from inside that namespace.
+        let namespace = (runner == Runner::Container).then(|| netns::path_of(&service.plan.name));
         let started = match &service.plan.health {
             HealthPlan::None => return,
-            HealthPlan::Tcp { port, timeout_ms } => {
-                NetProbe::start(SocketAddrV4::new(address, *port), None, Duration::from_millis(*timeout_ms), now)
-                    .map(Probe::Net)
-            }
+            HealthPlan::Tcp { port, timeout_ms } => NetProbe::start(
+                SocketAddrV4::new(address, *port),
+                None,
+                Duration::from_millis(*timeout_ms),
+                namespace.as_deref(),
+                now,
+            )
+            .map(Probe::Net),
             HealthPlan::Http { port, path, timeout_ms } => NetProbe::start(
                 SocketAddrV4::new(address, *port),
                 Some(path),
                 Duration::from_millis(*timeout_ms),
+                namespace.as_deref(),
                 now,
             )
             .map(Probe::Net),
             HealthPlan::Command { command, timeout_ms } => {
+                let (argv, uid, gid) = match runner {
+                    Runner::Container => (
+                        container::exec_argv(&service.plan.name, service.plan.uid, service.plan.gid, command),
+                        0,
+                        0,
+                    ),
+                    Runner::Process => (command.clone(), service.plan.uid, service.plan.gid),
+                };
                 let request = SpawnRequest {
-                    argv: command,
-                    uid: service.plan.uid,
-                    gid: service.plan.gid,
+                    argv: &argv,
+                    uid,
+                    gid,
                     cgroup_procs: service.cgroup_procs.as_ref(),
                     capture_output: false,
                 };
@@ -451,6 +569,9 @@ impl Supervisor {
                     }
                     service.healthy = true;
                     service.healthy_since = Some(now);
+                    if service.healthy_ms.is_none() {
+                        service.healthy_ms = Some(since_start_ms(service.started_at, now));
+                    }
                 }
                 service.state = ServiceState::Running;
                 service.next_check = Some(now + CHECK_INTERVAL);
@@ -637,6 +758,20 @@ impl Supervisor {
         };
         service.state = ServiceState::Stopping;
         log::info!("stopping service {} (pid {pid})", service.plan.name);
+        if self.runner == Runner::Container {
+            let main = container::main_pid(pid.as_raw());
+            if main.is_some_and(|main| !container::catches_sigterm(main)) {
+                // The container's init has no SIGTERM handler, so the kernel
+                // would drop the SIGTERM that crun forwards to it.
+                log::info!(
+                    "service {}: the container's main process has no SIGTERM handler; killing it",
+                    self.services[index].plan.name
+                );
+                self.force_kill(index);
+                return true;
+            }
+        }
+        // crun run forwards the SIGTERM to the container's main process.
         if signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM).is_err() {
             let _ = signal::kill(pid, Signal::SIGTERM);
         }
@@ -647,11 +782,13 @@ impl Supervisor {
         self.services[index].pid.is_some()
     }
 
-    /// Sends SIGKILL to every process of service `index`.
+    /// Sends SIGKILL to every process of service `index`. A container's
+    /// processes are in their own session, so only its cgroup reaches them;
+    /// the killed crun leaves a container state that the next start removes.
     pub fn force_kill(&mut self, index: usize) {
         let service = &self.services[index];
         if let Some(pid) = service.pid {
-            log::warn!("service {} did not stop in time; killing it", service.plan.name);
+            log::warn!("killing service {} (pid {pid})", service.plan.name);
             let _ = signal::kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
             let _ = signal::kill(pid, Signal::SIGKILL);
         }
@@ -768,7 +905,7 @@ mod tests {
             return;
         }
         let plan = plan(vec![service("crash", &["/bin/sh", "-c", "echo boom; exit 3"], HealthPlan::None, &[])]);
-        let mut supervisor = Supervisor::new(&plan, false);
+        let mut supervisor = Supervisor::with_runner(&plan, false, Runner::Process);
         supervisor.tick(Instant::now());
 
         let exited = drive(&mut supervisor, Duration::from_secs(5), |s| s.statuses()[0].state == ServiceState::Backoff);
@@ -794,7 +931,7 @@ mod tests {
             service("db", &["/bin/sleep", "30"], health, &[]),
             service("web", &["/bin/sleep", "30"], HealthPlan::None, &["db"]),
         ]);
-        let mut supervisor = Supervisor::new(&plan, false);
+        let mut supervisor = Supervisor::with_runner(&plan, false, Runner::Process);
         supervisor.tick(Instant::now());
         drive(&mut supervisor, Duration::from_millis(800), |_| false);
         let before = supervisor.statuses();
@@ -825,7 +962,7 @@ mod tests {
             timeout_ms: 1000,
         };
         let plan = plan(vec![service("svc", &["/bin/sleep", "30"], health, &[])]);
-        let mut supervisor = Supervisor::new(&plan, false);
+        let mut supervisor = Supervisor::with_runner(&plan, false, Runner::Process);
         supervisor.tick(Instant::now());
         drive(&mut supervisor, Duration::from_millis(800), |_| false);
         let before = supervisor.statuses()[0].clone();
@@ -846,7 +983,7 @@ mod tests {
             return;
         }
         let plan = plan(vec![service("ghost", &["/nonexistent/program"], HealthPlan::None, &[])]);
-        let mut supervisor = Supervisor::new(&plan, false);
+        let mut supervisor = Supervisor::with_runner(&plan, false, Runner::Process);
         supervisor.tick(Instant::now());
         let status = supervisor.statuses()[0].clone();
         stop_all(&mut supervisor);

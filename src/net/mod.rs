@@ -11,6 +11,42 @@ use std::net::Ipv4Addr;
 
 pub use plan::{NetworkPlan, PlanError};
 
+/// Path of the network file in the root filesystem, written by `ztms build`
+/// and applied by ztms-init's network phase.
+pub const NETWORK_PATH: &str = "/etc/ztms/network.json";
+
+/// Path of the script that busybox `udhcpc` runs on a lease.
+pub const UDHCPC_SCRIPT_PATH: &str = "/usr/lib/ztms/udhcpc-lease";
+
+/// The `udhcpc` script: it configures nothing and prints the lease as one
+/// line, `ztms-lease ADDRESS PREFIX ROUTER...`, for ztms-init to apply
+/// and log. `/run` is mounted noexec, so the builder installs it in the
+/// image.
+pub const UDHCPC_SCRIPT: &str = "#!/bin/sh\n\
+case \"$1\" in\n\
+bound|renew) echo \"ztms-lease $ip ${mask:-32} $router\" ;;\n\
+esac\n\
+exit 0\n";
+
+/// The contents of [`NETWORK_PATH`]: the plan and the test-only switches.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceNetwork {
+    pub plan: NetworkPlan,
+    /// Serve `probe` requests on the status API (definition `[debug] probe`).
+    pub probe: bool,
+}
+
+impl ApplianceNetwork {
+    /// Computes the network file of `definition`.
+    pub fn from_definition(definition: &crate::config::Definition) -> Result<Self, PlanError> {
+        Ok(Self {
+            plan: NetworkPlan::from_definition(definition)?,
+            probe: definition.debug.probe,
+        })
+    }
+}
+
 /// Parses an IPv4 subnet in CIDR notation into its network address and
 /// prefix length, rejecting host bits and prefixes too long for services.
 pub fn parse_subnet(text: &str) -> Result<(Ipv4Addr, u8), String> {

@@ -122,7 +122,8 @@ pub struct ServiceNetwork {
     pub segment: String,
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
-    /// Network namespace name under `/run/netns`.
+    /// Network namespace name under `/run/netns`: the service's name, which
+    /// is the path the container runtime joins.
     pub netns: String,
     /// Host end of the veth pair.
     pub host_link: String,
@@ -441,7 +442,7 @@ fn plan_services(definition: &Definition, segments: &[SegmentPlan], uplink: &Upl
                 segment: segment.name.clone(),
                 address,
                 gateway: segment.gateway,
-                netns: format!("ztms-{name}"),
+                netns: name.clone(),
                 host_link: address::host_link_name(address),
                 service_link: SERVICE_LINK_NAME.into(),
                 peer_link: address::peer_link_name(address),

@@ -120,7 +120,7 @@ fn interface_names_fit_and_are_unique() {
             assert!(name.len() <= IFNAME_MAX, "{name} is longer than {IFNAME_MAX}");
             assert!(names.insert(name.clone()), "{name} is used twice");
         }
-        assert_eq!(service.netns, format!("ztms-{}", service.name));
+        assert_eq!(service.netns, service.name);
     }
 }
 

@@ -40,6 +40,9 @@ use crate::config::Service;
 
 /// Directory of the root image that holds the rootfs of OCI-imported images.
 pub const SERVICES_DIR: &str = "/usr/lib/ztms/services";
+/// Directory of the root image that holds each service's `config.json`,
+/// one directory per service; ztms-init copies it to `/run` at boot.
+pub const BUNDLES_DIR: &str = "/usr/lib/ztms/bundles";
 /// Directory of the named network namespaces, one per service.
 pub const NETNS_DIR: &str = "/run/netns";
 /// Parent cgroup of every service, relative to the cgroup root.
@@ -117,7 +120,7 @@ pub enum RuntimeError {
     #[error("service {service:?}: exception {allow:?} has no reason; say why the service needs it in reason = \"...\"")]
     MissingReason { service: String, allow: String },
     /// An exception of an unknown kind.
-    #[error("service {service:?}: invalid exception {allow:?}; use cap:NAME, device:PATH, exec-tmpfs:PATH or writable:PATH")]
+    #[error("service {service:?}: invalid exception {allow:?}; use cap:NAME, device:PATH, exec-tmpfs:PATH, writable:PATH or namespace:host-pid")]
     InvalidException { service: String, allow: String },
     /// A `cap:` exception that names no Linux capability.
     #[error("service {service:?}: unknown capability {name:?} in exception {allow:?}; use a name from capabilities(7) such as NET_BIND_SERVICE")]

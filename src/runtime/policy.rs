@@ -20,6 +20,9 @@ pub struct Policy {
     /// Writable tmpfs mounts beyond the default `/tmp` and `/run`, or a
     /// default one that allows execution.
     pub tmpfs: Vec<TmpfsGrant>,
+    /// Reason of a `namespace:host-pid` exception: the service shares the
+    /// appliance's PID namespace and can see and signal its processes.
+    pub host_pid: Option<String>,
 }
 
 /// A capability granted by a `cap:NAME` exception.
@@ -98,6 +101,7 @@ pub fn parse_exceptions(service: &Service) -> Result<Policy, RuntimeError> {
                     reason: reason.into(),
                 });
             }
+            "namespace" if value == "host-pid" => policy.host_pid = Some(reason.into()),
             _ => return Err(invalid()),
         }
     }

@@ -133,7 +133,7 @@ pub fn bundle_spec(input: &ServiceInput<'_>, tree: &dyn RootfsTree) -> Result<Sp
     mounts.extend(service_mounts(input, tree, &policy, uid, gid)?);
 
     let linux = LinuxBuilder::default()
-        .namespaces(namespaces(input).map_err(oci_error)?)
+        .namespaces(namespaces(input, &policy).map_err(oci_error)?)
         .cgroups_path(input.cgroup.clone())
         .resources(resources(&service.limits).map_err(oci_error)?)
         .seccomp(default_profile(&capabilities))
@@ -243,7 +243,7 @@ fn environment(input: &ServiceInput<'_>, uid: u32, gid: u32) -> Vec<String> {
     variables.into_iter().map(|(key, value)| format!("{key}={value}")).collect()
 }
 
-fn namespaces(input: &ServiceInput<'_>) -> Result<Vec<LinuxNamespace>, oci_spec::OciSpecError> {
+fn namespaces(input: &ServiceInput<'_>, policy: &Policy) -> Result<Vec<LinuxNamespace>, oci_spec::OciSpecError> {
     let mut namespaces = Vec::new();
     for typ in [
         LinuxNamespaceType::Pid,
@@ -252,6 +252,9 @@ fn namespaces(input: &ServiceInput<'_>) -> Result<Vec<LinuxNamespace>, oci_spec:
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ] {
+        if typ == LinuxNamespaceType::Pid && policy.host_pid.is_some() {
+            continue;
+        }
         namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build()?);
     }
     let mut network = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);

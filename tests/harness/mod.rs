@@ -161,3 +161,96 @@ pub fn boot(test: &str, image: &Path) -> TestVm {
     let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
     TestVm { vm, name: test.to_string() }
 }
+
+/// Boots `image` like [`boot`], with host ports forwarded to the guest.
+pub fn boot_with_forwards(test: &str, image: &Path, forwards: Vec<ztms::run::vm::Forward>) -> TestVm {
+    let state_dir = scratch().join("vms").join(test);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let config = VmConfig {
+        machine: ztms::run::machine::Machine::default_machine(),
+        image: image.to_path_buf(),
+        persist: false,
+        memory_mib: 1024,
+        cpus: 2,
+        accel: accel(),
+        forwards,
+        tpm: true,
+        disk_size: None,
+        state_dir,
+        interactive: false,
+        lan: None,
+    };
+    let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
+    TestVm { vm, name: test.to_string() }
+}
+
+/// One probe to run inside a service's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub service: String,
+    pub udp: bool,
+    pub address: std::net::Ipv4Addr,
+    pub port: u16,
+    pub source: Option<std::net::Ipv4Addr>,
+}
+
+impl ProbeRequest {
+    fn line(&self) -> String {
+        let proto = if self.udp { "udp" } else { "tcp" };
+        let mut line = format!("probe {} {proto} {} {}", self.service, self.address, self.port);
+        if let Some(source) = self.source {
+            line.push_str(&format!(" source {source}"));
+        }
+        line
+    }
+
+    fn matches(&self, reply: &ztms::status::ProbeReply) -> bool {
+        let proto = if self.udp { "udp" } else { "tcp" };
+        reply.service == self.service
+            && reply.proto == proto
+            && reply.address == self.address
+            && reply.port == self.port
+            && reply.source == self.source
+    }
+}
+
+/// Probes run at once; the guest serves at most 16 in parallel.
+const PROBE_BATCH: usize = 16;
+
+/// Runs `requests` from inside the services' network namespaces through the
+/// status port of a VM whose image has `[debug] probe = true`, and returns
+/// the replies in request order. Panics on an error reply.
+pub fn probe(vm: &Vm, requests: &[ProbeRequest]) -> Vec<ztms::status::ProbeReply> {
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&vm.paths.status).expect("connect to the status port");
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut replies: Vec<Option<ztms::status::ProbeReply>> = vec![None; requests.len()];
+    for (batch_index, batch) in requests.chunks(PROBE_BATCH).enumerate() {
+        let offset = batch_index * PROBE_BATCH;
+        let text: String = batch.iter().map(|request| request.line() + "\n").collect();
+        stream.write_all(text.as_bytes()).expect("send probe requests");
+        let mut missing = batch.len();
+        while missing > 0 {
+            let mut line = String::new();
+            let count = reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading probe replies failed with {missing} missing: {e}"));
+            assert!(count > 0, "status port closed with {missing} probe replies missing");
+            if let Ok(error) = serde_json::from_str::<ztms::status::ErrorReply>(&line) {
+                panic!("probe request rejected: {}", error.error);
+            }
+            let Ok(reply) = serde_json::from_str::<ztms::status::ProbeReply>(&line) else {
+                continue;
+            };
+            let position = batch
+                .iter()
+                .enumerate()
+                .position(|(index, request)| replies[offset + index].is_none() && request.matches(&reply));
+            if let Some(index) = position {
+                replies[offset + index] = Some(reply);
+                missing -= 1;
+            }
+        }
+    }
+    replies.into_iter().map(|reply| reply.expect("every probe has a reply")).collect()
+}

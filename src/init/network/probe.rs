@@ -1,0 +1,205 @@
+//! The test probe: a TCP connect or a UDP exchange made from inside a
+//! service's network namespace, requested over the status API of images
+//! built with `[debug] probe = true`. Production images never enable it.
+//!
+//! Each probe runs on a thread of its own (see [`crate::init::netns::run_in`]),
+//! and the status server reads its reply through a socket pair, so the main
+//! loop neither enters a service namespace nor waits for a probe. A probe spawns no process, so it takes no exit status from the
+//! supervisor's reaper.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::super::netns;
+use crate::net::NetworkPlan;
+use crate::status::{ProbeOutcome, ProbeReply, PROBE_REQUEST};
+
+/// How long a probe waits for a connection or a UDP reply.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Service name and namespace path of every service, set once the network
+/// phase has created the namespaces of an image with the probe enabled.
+static TARGETS: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
+
+/// Enables probe requests for the services of `plan`.
+pub fn enable(plan: &NetworkPlan) {
+    let targets = plan
+        .services
+        .iter()
+        .map(|service| (service.name.clone(), netns::path_of(&service.netns)))
+        .collect();
+    if TARGETS.set(targets).is_ok() {
+        log::warn!("test probe enabled: the status API runs connections from inside service namespaces");
+    }
+}
+
+/// One parsed probe request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub service: String,
+    pub udp: bool,
+    pub target: SocketAddrV4,
+    pub source: Option<Ipv4Addr>,
+}
+
+/// Returns true when `line` is a probe request, valid or not.
+pub fn is_probe(line: &str) -> bool {
+    line.split_whitespace().next() == Some(PROBE_REQUEST)
+}
+
+/// Parses `probe SERVICE tcp|udp IPV4 PORT [source IPV4]`, and checks that
+/// probes are enabled and that the service exists.
+pub fn parse(line: &str) -> Result<(ProbeRequest, PathBuf), String> {
+    let usage = "write: probe SERVICE tcp|udp IPV4 PORT [source IPV4]";
+    let Some(targets) = TARGETS.get() else {
+        return Err("probe requests are disabled; build the image with [debug] probe = true".into());
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (service, proto, address, port, source) = match words.as_slice() {
+        [_, service, proto, address, port] => (*service, *proto, *address, *port, None),
+        [_, service, proto, address, port, "source", source] => (*service, *proto, *address, *port, Some(*source)),
+        _ => return Err(format!("invalid probe request {:?}; {usage}", truncate(line))),
+    };
+    let udp = match proto {
+        "tcp" => false,
+        "udp" => true,
+        _ => return Err(format!("invalid protocol {proto:?} in probe request; {usage}")),
+    };
+    let address: Ipv4Addr = address.parse().map_err(|_| format!("invalid IPv4 address {address:?}; {usage}"))?;
+    let port: u16 = match port.parse() {
+        Ok(port) if port > 0 => port,
+        _ => return Err(format!("invalid port {port:?}; use 1 to 65535")),
+    };
+    let source = match source {
+        Some(text) => Some(text.parse().map_err(|_| format!("invalid source address {text:?}; {usage}"))?),
+        None => None,
+    };
+    let Some((_, path)) = targets.iter().find(|(name, _)| name == service) else {
+        return Err(format!("service {service:?} not found; the plan has no network namespace for it"));
+    };
+    let request = ProbeRequest {
+        service: service.to_string(),
+        udp,
+        target: SocketAddrV4::new(address, port),
+        source,
+    };
+    Ok((request, path.clone()))
+}
+
+/// Runs `request` inside the namespace at `path`. Blocks for at most
+/// about [`PROBE_TIMEOUT`], so call it off the main loop.
+pub fn run(request: ProbeRequest, path: PathBuf) -> ProbeReply {
+    let started = Instant::now();
+    let mut reply = ProbeReply {
+        service: request.service.clone(),
+        proto: if request.udp { "udp" } else { "tcp" }.into(),
+        address: *request.target.ip(),
+        port: request.target.port(),
+        source: request.source,
+        outcome: ProbeOutcome::Failed,
+        detail: None,
+        elapsed_ms: 0,
+    };
+    let result = netns::run_in(&path, move || {
+        if request.udp {
+            probe_udp(request.target, request.source)
+        } else {
+            probe_tcp(request.target, request.source)
+        }
+    });
+    let (outcome, detail) = match result {
+        Ok(outcome) => outcome,
+        Err(error) => (ProbeOutcome::Failed, Some(error.to_string())),
+    };
+    reply.outcome = outcome;
+    reply.detail = detail;
+    reply.elapsed_ms = started.elapsed().as_millis() as u64;
+    reply
+}
+
+type Observation = (ProbeOutcome, Option<String>);
+
+fn socket(kind: Type, protocol: Protocol, source: Option<Ipv4Addr>) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, kind, Some(protocol))?;
+    if let Some(source) = source {
+        // IP_TRANSPARENT (which needs CAP_NET_ADMIN) lets the probe bind
+        // and route from an address that is not its own, which is how the
+        // spoofed-source test forges a packet.
+        socket.set_ip_transparent(true)?;
+        socket.bind(&SocketAddr::from(SocketAddrV4::new(source, 0)).into())?;
+    }
+    Ok(socket)
+}
+
+fn probe_tcp(target: SocketAddrV4, source: Option<Ipv4Addr>) -> Observation {
+    let socket = match socket(Type::STREAM, Protocol::TCP, source) {
+        Ok(socket) => socket,
+        Err(error) => return (ProbeOutcome::Failed, Some(format!("creating or binding the socket failed: {error}"))),
+    };
+    match socket.connect_timeout(&SocketAddr::from(target).into(), PROBE_TIMEOUT) {
+        Ok(()) => (ProbeOutcome::Connected, None),
+        Err(error) => classify(error),
+    }
+}
+
+fn probe_udp(target: SocketAddrV4, source: Option<Ipv4Addr>) -> Observation {
+    let socket = match socket(Type::DGRAM, Protocol::UDP, source) {
+        Ok(socket) => socket,
+        Err(error) => return (ProbeOutcome::Failed, Some(format!("creating or binding the socket failed: {error}"))),
+    };
+    let exchange = || -> std::io::Result<()> {
+        // A connected UDP socket reports an ICMP port unreachable as
+        // ECONNREFUSED on the next receive.
+        socket.connect(&SocketAddr::from(target).into())?;
+        socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
+        socket.send(b"ztms probe\n")?;
+        let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+        socket.recv(&mut buffer)?;
+        Ok(())
+    };
+    match exchange() {
+        Ok(()) => (ProbeOutcome::Connected, None),
+        Err(error) => classify(error),
+    }
+}
+
+fn classify(error: std::io::Error) -> Observation {
+    let outcome = match error.kind() {
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => return (ProbeOutcome::Timeout, None),
+        ErrorKind::ConnectionRefused => ProbeOutcome::Refused,
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => ProbeOutcome::Unreachable,
+        _ => ProbeOutcome::Failed,
+    };
+    (outcome, Some(error.to_string()))
+}
+
+fn truncate(line: &str) -> String {
+    line.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_maps_os_errors() {
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(classify(refused).0, ProbeOutcome::Refused);
+        let timeout = std::io::Error::from(ErrorKind::TimedOut);
+        assert_eq!(classify(timeout).0, ProbeOutcome::Timeout);
+        let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        assert_eq!(classify(unreachable).0, ProbeOutcome::Unreachable);
+    }
+
+    #[test]
+    fn probe_request_is_recognised() {
+        assert!(is_probe("probe web tcp 10.80.1.2 80"));
+        assert!(!is_probe("status"));
+        assert!(!is_probe("prober"));
+    }
+}

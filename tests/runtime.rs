@@ -1,0 +1,149 @@
+//! The service runtime: QEMU tests of services run by crun under the
+//! default policy, and `ztms audit` run as a program.
+
+mod harness;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::{boot, image, scratch, BOOT_TIMEOUT};
+use ztms::status::{ServiceStatus, Status};
+
+fn service<'a>(status: &'a Status, name: &str) -> &'a ServiceStatus {
+    status
+        .services
+        .iter()
+        .find(|service| service.name == name)
+        .unwrap_or_else(|| panic!("{name} missing from the status: {status:?}"))
+}
+
+/// Returns the console lines of `service`'s output.
+fn output_of(console: &str, service: &str) -> Vec<String> {
+    let prefix = format!("{service}: ");
+    console
+        .lines()
+        .filter_map(|line| line.split_once(&prefix).map(|(_, rest)| rest.to_string()))
+        .collect()
+}
+
+#[test]
+fn containers_run_under_default_policy() {
+    let image = image("test-runtime");
+    let mut vm = boot("containers_run_under_default_policy", &image);
+    vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+    // The services write their lines right after they start.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(vm.console().contains("service checked is healthy"), "the crun exec health check never passed");
+
+    let status = vm.status(Duration::from_secs(10)).expect("status over virtio-serial");
+    let web = service(&status, "web");
+    let security = web.security.clone().unwrap_or_else(|| panic!("web has no security facts: {web:?}"));
+    assert_eq!(security.cap_eff, 0, "CapEff {security:?}");
+    assert_eq!(security.cap_prm, 0, "CapPrm {security:?}");
+    assert_eq!(security.cap_bnd, 0, "CapBnd {security:?}");
+    assert_eq!(security.cap_amb, 0, "CapAmb {security:?}");
+    assert_eq!(security.no_new_privs, 1, "{security:?}");
+    assert_eq!(security.seccomp, 2, "{security:?}");
+    assert_eq!(security.uid, [1000; 4], "{security:?}");
+    assert_eq!(security.gid, [1000; 4], "{security:?}");
+    assert_ne!(Some(security.pid), web.pid, "the main process is crun's child, not crun");
+
+    for service in &status.services {
+        eprintln!("measured {}: {:?}", service.name, service.container);
+    }
+
+    let console = vm.console();
+    let rootwriter = output_of(&console, "rootwriter");
+    assert!(
+        rootwriter.iter().any(|line| line.contains("Read-only file system")),
+        "rootwriter output: {rootwriter:?}"
+    );
+    assert!(rootwriter.iter().any(|line| line == "write-to-root-failed"), "{rootwriter:?}");
+
+    let escaper = output_of(&console, "escaper");
+    assert!(
+        escaper.iter().any(|line| line.starts_with("unshare:") && line.contains("Operation not permitted")),
+        "escaper output: {escaper:?}"
+    );
+    // busybox mount prints this message for EPERM from mount(2).
+    assert!(
+        escaper.iter().any(|line| line.starts_with("mount:") && line.contains("permission denied")),
+        "escaper output: {escaper:?}"
+    );
+    assert!(escaper.iter().any(|line| line == "unshare-failed"), "{escaper:?}");
+    assert!(escaper.iter().any(|line| line == "mount-failed"), "{escaper:?}");
+}
+
+#[test]
+fn memory_hog_is_killed_and_backs_off() {
+    let image = image("test-runtime");
+    let mut vm = boot("memory_hog_is_killed_and_backs_off", &image);
+    vm.wait_for_console("service web is healthy", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console("service hog .* restarting in", Duration::from_secs(60)).unwrap();
+
+    // Backoff doubles from one second, so in 20 s the hog restarts a few
+    // times but not once per kill.
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    let status = vm.status(Duration::from_secs(10)).expect("status");
+    let hog = service(&status, "hog");
+    assert!(hog.restarts >= 2, "{hog:?}");
+    assert!(hog.restarts <= 10, "hog restarts without backoff after {:?}: {hog:?}", started.elapsed());
+    let last_exit = hog.last_exit.clone().unwrap_or_default();
+    // crun reports a container killed by SIGKILL as exit status 137.
+    assert!(last_exit.contains("137") || last_exit.contains("SIGKILL"), "{hog:?}");
+
+    let web = service(&status, "web");
+    assert!(web.healthy, "web was affected by the memory hog: {web:?}");
+    assert_eq!(web.restarts, 0, "{web:?}");
+    assert_eq!(status.zombies, 0, "PID 1 left zombies");
+}
+
+fn ztms(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ztms")).args(args).output().expect("run ztms")
+}
+
+fn definition(test: &str, service: &str) -> PathBuf {
+    let dir = scratch().join("audit").join(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("image.toml");
+    let text = format!("[image]\nname = \"audit\"\nversion = \"1\"\n\n[[service]]\nname = \"app\"\nsegment = \"backend\"\ncommand = [\"/bin/app\"]\n{service}");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn audit_passes_default_image() {
+    let path = harness::repo().join("images/media-server.toml");
+    let output = ztms(&["audit", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn audit_shows_capability_reason() {
+    let path = definition(
+        "audit_shows_capability_reason",
+        "exceptions = [{ allow = \"cap:SYS_ADMIN\", reason = \"mounts FUSE filesystems\" }]\n",
+    );
+    let output = ztms(&["audit", path.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    let row = table.lines().find(|line| line.starts_with("5.3")).unwrap_or_else(|| panic!("no 5.3 row:\n{table}"));
+    assert!(row.contains("pass"), "{row}");
+    assert!(row.contains("mounts FUSE filesystems"), "{row}");
+    // SYS_ADMIN still makes the container privileged (5.4), reason or not.
+    let privileged = table.lines().find(|line| line.starts_with("5.4")).unwrap_or_else(|| panic!("no 5.4 row:\n{table}"));
+    assert!(privileged.contains("FAIL") && privileged.contains("SYS_ADMIN"), "{privileged}");
+    assert!(!output.status.success(), "{table}");
+}
+
+#[test]
+fn audit_fails_root_user() {
+    let path = definition("audit_fails_root_user", "user = \"0:0\"\n");
+    let output = ztms(&["audit", path.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{table}");
+    let row = table.lines().find(|line| line.starts_with("4.1")).unwrap_or_else(|| panic!("no 4.1 row:\n{table}"));
+    assert!(row.contains("FAIL"), "{row}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("audit items failed"));
+}
