@@ -32,6 +32,32 @@ fn boot_reaches_ready_and_powers_off() {
 
     vm.power_down(Duration::from_secs(60)).expect("clean power-off after the power button");
     assert!(vm.console().contains("ztms-init: powering off"));
+
+    // The blessing renamed the UKI on the disk itself: read the disk as the
+    // guest left it and list the ESP's EFI/Linux directory.
+    let raw = harness::scratch().join("blessed-disk.raw");
+    vm.read_disk_raw(&raw).expect("read the VM's disk");
+    let names = esp_uki_names(&raw);
+    assert!(names.iter().any(|n| n == "test-boot-1.0.0.efi"), "no blessed UKI on the ESP: {names:?}");
+    assert!(!names.iter().any(|n| n.contains('+')), "a boot counter is left: {names:?}");
+    let _ = std::fs::remove_file(&raw);
+}
+
+/// Returns the file names in EFI/Linux of the ESP (the first partition).
+fn esp_uki_names(raw: &std::path::Path) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut disk = std::fs::File::open(raw).unwrap();
+    let mut entry = [0u8; 128];
+    disk.seek(SeekFrom::Start(1024)).unwrap();
+    disk.read_exact(&mut entry).unwrap();
+    let first = u64::from_le_bytes(entry[32..40].try_into().unwrap()) * 512;
+    let last = (u64::from_le_bytes(entry[40..48].try_into().unwrap()) + 1) * 512;
+    let mut esp = vec![0u8; (last - first) as usize];
+    disk.seek(SeekFrom::Start(first)).unwrap();
+    disk.read_exact(&mut esp).unwrap();
+    let filesystem = fatfs::FileSystem::new(std::io::Cursor::new(esp), fatfs::FsOptions::new()).unwrap();
+    let directory = filesystem.root_dir().open_dir("EFI/Linux").unwrap();
+    directory.iter().map(|e| e.unwrap().file_name()).filter(|n| n != "." && n != "..").collect()
 }
 
 #[test]

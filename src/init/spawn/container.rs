@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,7 +42,7 @@ const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
 /// name removed, and `config.json` with the device grants filled in.
 pub fn prepare(name: &str) -> Result<PathBuf, String> {
     let namespace = netns::create(name).map_err(|error| error.to_string())?;
-    netns::run_in(&namespace, || set_up_loopback())
+    netns::run_in(&namespace, || crate::init::network::set_up("lo"))
         .map_err(|error| error.to_string())?
         .map_err(|error| format!("bringing up lo in network namespace {name} failed: {error}"))?;
 
@@ -253,37 +252,6 @@ pub fn catches_sigterm(pid: i32) -> bool {
     status_field(&status, "SigCgt")
         .and_then(|value| u64::from_str_radix(value, 16).ok())
         .is_some_and(|mask| mask & SIGTERM_BIT != 0)
-}
-
-/// Sets IFF_UP on `lo` of the calling thread's network namespace, as
-/// `ip link set lo up` does.
-fn set_up_loopback() -> io::Result<()> {
-    // SAFETY: socket(2) takes no pointers; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new socket that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is a C struct of integers, arrays and a union of those,
-    // for which all zero bytes is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
-        *slot = *byte as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `request`,
-    // which lives across the call.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { request.ifr_ifru.ifru_flags };
-    request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    // SAFETY: SIOCSIFFLAGS reads `request`, which lives across the call.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
