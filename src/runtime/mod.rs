@@ -38,10 +38,10 @@ pub use spec::{bundle_spec, mount_points};
 
 use crate::config::Service;
 
-/// Directory of the root image that holds the rootfs of OCI-imported images.
+/// Directory of the root image with the rootfs of each OCI-imported image.
 pub const SERVICES_DIR: &str = "/usr/lib/ztms/services";
-/// Directory of the root image that holds each service's `config.json`,
-/// one directory per service; ztms-init copies it to `/run` at boot.
+/// Directory of the root image with each service's `config.json`, one
+/// directory per service. ztms-init copies it to `/run` at boot.
 pub const BUNDLES_DIR: &str = "/usr/lib/ztms/bundles";
 /// Directory of the named network namespaces, one per service.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -49,9 +49,9 @@ pub const NETNS_DIR: &str = "/run/netns";
 pub const CGROUP_PARENT: &str = "/ztms";
 /// Data filesystem that volumes are bound from.
 pub const DATA_DIR: &str = "/data";
-/// Directory on the data filesystem that holds one secrets directory per service.
+/// Directory on the data filesystem with one secrets directory per service.
 pub const SECRETS_DIR: &str = "/data/secrets";
-/// Where a service sees its secrets directory, read-only.
+/// Mount point of a service's secrets directory inside its container, read-only.
 pub const SECRETS_TARGET: &str = "/run/secrets";
 
 /// One service and the facts of the appliance plan that its spec needs.
