@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ztms::run::machine::Machine;
 use ztms::run::vm::{Vm, VmConfig};
 
 fn main() {
@@ -22,21 +21,7 @@ fn main() {
     for run in 1..=runs {
         let state_dir = std::env::temp_dir().join(format!("ztms-boot-bench-{run}"));
         let _ = std::fs::remove_dir_all(&state_dir);
-        let machine = Machine::default_machine();
-        let config = VmConfig {
-            memory_mib: machine.memory_mib,
-            cpus: machine.cpus,
-            machine,
-            image: image.clone(),
-            persist: false,
-            accel,
-            forwards: Vec::new(),
-            tpm: true,
-            disk_size: None,
-            state_dir,
-            interactive: false,
-            lan: None,
-        };
+        let config = VmConfig::headless(&image, state_dir, accel);
         let mut vm = Vm::start(&config, false).expect("start VM");
         let timeout = Duration::from_secs(300);
         vm.wait_for_console("^ztms-init: stage 1 started", timeout).expect("stage 1");

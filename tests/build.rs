@@ -67,6 +67,33 @@ fn scratch_definition(test: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Writes a definition with the test images' base (busybox and both
+/// overlays, so the cached base tree is reused), a 64M ESP, the given root
+/// size and `extra` TOML after the [disk] table.
+fn busybox_definition(test: &str, name: &str, version: &str, root: &str, extra: &str) -> std::path::PathBuf {
+    let overlays = repo().join("overlays");
+    scratch_definition(
+        test,
+        &format!(
+            r#"
+[image]
+name = "{name}"
+version = "{version}"
+
+[base]
+packages = ["busybox"]
+overlays = ["{}", "{}"]
+
+[disk]
+esp = "64M"
+root = "{root}"
+{extra}"#,
+            overlays.join("common").display(),
+            overlays.join("test").display()
+        ),
+    )
+}
+
 fn build_definition(path: &Path) -> Result<ztms::build::BuildReport, ztms::build::BuildError> {
     let loaded = ztms::config::load(path)?;
     let options = ztms::build::BuildOptions {
@@ -108,27 +135,7 @@ command = ["/bin/true"]
 
 #[test]
 fn root_too_small_says_needed_size() {
-    let overlays = repo().join("overlays");
-    let path = scratch_definition(
-        "root-too-small",
-        &format!(
-            r#"
-[image]
-name = "small"
-version = "1"
-
-[base]
-packages = ["busybox"]
-overlays = ["{}", "{}"]
-
-[disk]
-esp = "64M"
-root = "16M"
-"#,
-            overlays.join("common").display(),
-            overlays.join("test").display()
-        ),
-    );
+    let path = busybox_definition("root-too-small", "small", "1", "16M", "");
     let error = build_definition(&path).unwrap_err().to_string();
     assert!(error.contains("disk.root"), "{error}");
     assert!(error.contains("needs"), "{error}");
@@ -198,33 +205,10 @@ fn docker_archive(dir: &Path) -> std::path::PathBuf {
 }
 
 fn oci_definition(test: &str, archive_name: &str) -> std::path::PathBuf {
-    let overlays = repo().join("overlays");
-    scratch_definition(
-        test,
-        &format!(
-            r#"
-[image]
-name = "oci"
-version = "1"
-
-[base]
-packages = ["busybox"]
-overlays = ["{}", "{}"]
-
-[disk]
-esp = "64M"
-root = "256M"
-
-[[service]]
-name = "hello"
-segment = "frontend"
-oci = "{archive_name}"
-command = ["/hello"]
-"#,
-            overlays.join("common").display(),
-            overlays.join("test").display()
-        ),
-    )
+    let service = format!(
+        "\n[[service]]\nname = \"hello\"\nsegment = \"frontend\"\noci = \"{archive_name}\"\ncommand = [\"/hello\"]\n"
+    );
+    busybox_definition(test, "oci", "1", "256M", &service)
 }
 
 #[test]
@@ -335,30 +319,12 @@ fn killed_build_leaves_no_output_and_resumes() {
 
 #[test]
 fn update_bundle_is_signed_and_verifies() {
-    let overlays = repo().join("overlays");
-    let path = scratch_definition(
+    let path = busybox_definition(
         "update-bundle",
-        &format!(
-            r#"
-[image]
-name = "upd"
-version = "2.0.0"
-
-[base]
-packages = ["busybox"]
-overlays = ["{}", "{}"]
-
-[disk]
-esp = "64M"
-root = "256M"
-
-[update]
-signing_key = "keys/update.key"
-public_key = "keys/update.pub"
-"#,
-            overlays.join("common").display(),
-            overlays.join("test").display()
-        ),
+        "upd",
+        "2.0.0",
+        "256M",
+        "\n[update]\nsigning_key = \"keys/update.key\"\npublic_key = \"keys/update.pub\"\n",
     );
     let key = ztms::update::keys::generate(&path.with_file_name("keys")).unwrap();
     build_definition(&path).expect("build with update keys");

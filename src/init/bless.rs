@@ -5,7 +5,7 @@
 //!
 //! systemd-boot renames the counted file before it starts the kernel, and
 //! stores the new path in the `LoaderBootCountPath` variable. That file is
-//! the one to bless. `LoaderEntrySelected` holds the entry id, the file name
+//! the one to bless. `LoaderEntrySelected` contains the entry id, the file name
 //! as systemd-boot found it, and serves as a fallback when the first
 //! variable is absent.
 

@@ -1,7 +1,7 @@
 //! The storage phase: unlocking and mounting the encrypted data partition.
 //!
 //! NOTE: the encrypted data partition is not implemented in this build.
-//! When services exist, a tmpfs on `/data` stands in for it so that their
+//! When services exist, a tmpfs on `/data` replaces it so that their
 //! secrets and volume directories exist, and everything on it is lost at
 //! power-off. Unlocking (TPM2-sealed key with the recovery key as fallback)
 //! and mounting the partition replace [`mount_data_tmpfs`].

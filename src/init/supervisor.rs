@@ -46,7 +46,7 @@ const EXEC_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Time after `crun run` starts during which the main process is polled for.
 const EXEC_POLL_PERIOD: Duration = Duration::from_secs(10);
 
-/// How services are run.
+/// Launcher of a service's process: crun, or a plain process in unit tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runner {
     /// As OCI containers with crun, from the bundles in the root image.

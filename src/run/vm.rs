@@ -100,6 +100,29 @@ pub struct LanLink {
     pub mac_suffix: u8,
 }
 
+impl VmConfig {
+    /// Returns the configuration of a headless VM on the built-in machine
+    /// with its default memory and CPUs, a TPM, a throw-away overlay and no
+    /// forwarded ports.
+    pub fn headless(image: &Path, state_dir: PathBuf, accel: Accel) -> VmConfig {
+        let machine = Machine::default_machine();
+        VmConfig {
+            memory_mib: machine.memory_mib,
+            cpus: machine.cpus,
+            machine,
+            image: image.to_path_buf(),
+            persist: false,
+            accel,
+            forwards: Vec::new(),
+            tpm: true,
+            disk_size: None,
+            state_dir,
+            interactive: false,
+            lan: None,
+        }
+    }
+}
+
 /// Returns the QEMU arguments for `config`; `paths` are the files the VM
 /// uses. Pure, so the command line is unit-tested.
 pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {

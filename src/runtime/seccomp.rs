@@ -152,7 +152,7 @@ const CAPABILITY_SYSCALLS: &[(Capability, &[&str])] = &[
     (Capability::Perfmon, &["perf_event_open"]),
 ];
 
-/// Builds the profile for a process that holds `capabilities`.
+/// Builds the profile for a process that has `capabilities`.
 pub fn default_profile(capabilities: &[Capability]) -> LinuxSeccomp {
     let granted: Vec<&str> = CAPABILITY_SYSCALLS
         .iter()

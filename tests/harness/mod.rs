@@ -97,7 +97,7 @@ pub fn image(name: &str) -> PathBuf {
     raw
 }
 
-/// The accelerator for this test run, probed once.
+/// Returns the accelerator for this test run, probed once.
 pub fn accel() -> Accel {
     static ACCEL: OnceLock<Accel> = OnceLock::new();
     *ACCEL.get_or_init(|| {
@@ -142,44 +142,15 @@ impl std::ops::DerefMut for TestVm {
 
 /// Boots `image` in a VM named after the test.
 pub fn boot(test: &str, image: &Path) -> TestVm {
-    let state_dir = scratch().join("vms").join(test);
-    let _ = std::fs::remove_dir_all(&state_dir);
-    let config = VmConfig {
-        machine: ztms::run::machine::Machine::default_machine(),
-        image: image.to_path_buf(),
-        persist: false,
-        memory_mib: 1024,
-        cpus: 2,
-        accel: accel(),
-        forwards: Vec::new(),
-        tpm: true,
-        disk_size: None,
-        state_dir,
-        interactive: false,
-        lan: None,
-    };
-    let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
-    TestVm { vm, name: test.to_string() }
+    boot_with_forwards(test, image, Vec::new())
 }
 
 /// Boots `image` like [`boot`], with host ports forwarded to the guest.
 pub fn boot_with_forwards(test: &str, image: &Path, forwards: Vec<ztms::run::vm::Forward>) -> TestVm {
     let state_dir = scratch().join("vms").join(test);
     let _ = std::fs::remove_dir_all(&state_dir);
-    let config = VmConfig {
-        machine: ztms::run::machine::Machine::default_machine(),
-        image: image.to_path_buf(),
-        persist: false,
-        memory_mib: 1024,
-        cpus: 2,
-        accel: accel(),
-        forwards,
-        tpm: true,
-        disk_size: None,
-        state_dir,
-        interactive: false,
-        lan: None,
-    };
+    let mut config = VmConfig::headless(image, state_dir, accel());
+    config.forwards = forwards;
     let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
     TestVm { vm, name: test.to_string() }
 }
