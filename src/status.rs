@@ -43,6 +43,49 @@ pub struct Status {
     /// Resident memory of ztms-init in KiB (VmRSS).
     #[serde(default)]
     pub init_rss_kib: u64,
+    /// The data partition, once the storage phase has run.
+    #[serde(default)]
+    pub storage: Option<StorageStatus>,
+}
+
+/// The encrypted data partition as the storage phase left it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStatus {
+    /// `unlocked`, `failed`, or `tmpfs` when the image has no data
+    /// partition on its kernel command line.
+    pub state: String,
+    /// Partition device, for example `/dev/vda4`.
+    pub device: Option<String>,
+    /// dm-crypt cipher of the volume.
+    pub cipher: Option<String>,
+    /// Key that opened the volume: `tpm2`, `key-file` or `recovery-key`.
+    pub unlocked_by: Option<String>,
+    /// Why the TPM did not unlock the volume, when it was expected to.
+    pub tpm_error: Option<String>,
+    /// True when this boot created the volume.
+    pub provisioned: bool,
+    /// True when this boot finished a provisioning that a power loss
+    /// interrupted.
+    pub resumed: bool,
+    /// Bytes the partition grew by at this boot.
+    pub grown_bytes: u64,
+    /// The recovery key, only on the boot that created it; it is kept
+    /// nowhere else in plaintext.
+    pub recovery_key: Option<String>,
+    /// True when this boot sealed a new key to the TPM after a recovery.
+    pub resealed: bool,
+    /// Milliseconds from the start of the phase until the volume was open.
+    pub unlock_ms: Option<u64>,
+    /// Whether the filesystem had been unmounted cleanly before this boot.
+    pub clean_at_boot: Option<bool>,
+    /// What e2fsck reported.
+    pub fsck: Option<String>,
+    /// Mount options of `/data` from `/proc/self/mountinfo`.
+    pub mount_options: Option<String>,
+    /// Size of the filesystem's device in bytes.
+    pub size_bytes: Option<u64>,
+    /// Why the phase failed.
+    pub error: Option<String>,
 }
 
 /// Progress of one boot phase.
@@ -256,6 +299,7 @@ mod tests {
             uptime_ms: 1234,
             zombies: 0,
             init_rss_kib: 0,
+            storage: None,
         }
     }
 

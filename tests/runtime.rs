@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{boot, image, scratch, BOOT_TIMEOUT};
+use harness::{boot, image, output_of, scratch, BOOT_TIMEOUT};
 use ztms::status::{ServiceStatus, Status};
 
 fn service<'a>(status: &'a Status, name: &str) -> &'a ServiceStatus {
@@ -16,15 +16,6 @@ fn service<'a>(status: &'a Status, name: &str) -> &'a ServiceStatus {
         .iter()
         .find(|service| service.name == name)
         .unwrap_or_else(|| panic!("{name} missing from the status: {status:?}"))
-}
-
-/// Returns the console lines of `service`'s output.
-fn output_of(console: &str, service: &str) -> Vec<String> {
-    let prefix = format!("{service}: ");
-    console
-        .lines()
-        .filter_map(|line| line.split_once(&prefix).map(|(_, rest)| rest.to_string()))
-        .collect()
 }
 
 #[test]

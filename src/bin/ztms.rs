@@ -163,6 +163,23 @@ fn print_status(status: &ztms::status::Status) {
             service.last_exit.as_deref().unwrap_or("-")
         );
     }
+    if let Some(storage) = &status.storage {
+        println!(
+            "data: {} {}, {}, unlocked by {} in {} ms, fsck {}",
+            storage.state,
+            storage.device.as_deref().unwrap_or("-"),
+            storage.cipher.as_deref().unwrap_or("-"),
+            storage.unlocked_by.as_deref().unwrap_or("-"),
+            storage.unlock_ms.unwrap_or(0),
+            storage.fsck.as_deref().unwrap_or("-")
+        );
+        if let Some(error) = storage.error.as_deref().or(storage.tpm_error.as_deref()) {
+            println!("  {error}");
+        }
+        if let Some(key) = &storage.recovery_key {
+            println!("  recovery key (shown on this boot only, write it down): {key}");
+        }
+    }
 }
 
 fn print_report(out: &Path, report: &ztms::build::BuildReport) {

@@ -72,11 +72,17 @@ impl Base {
 /// `nft` with JSON input (nftables) and `udhcpc` for a DHCP uplink (busybox).
 pub const NETWORK_PACKAGES: &[&str] = &["busybox", "iproute2", "nftables"];
 
-/// Returns every package the tree gets: the network tools, the base list
+/// Debian packages that ztms-init's storage phase runs: `cryptsetup`
+/// (cryptsetup-bin), `tpm2_*` (tpm2-tools), `sfdisk` (fdisk) and
+/// `mkfs.ext4`/`e2fsck` (e2fsprogs).
+pub const STORAGE_PACKAGES: &[&str] = &["cryptsetup-bin", "e2fsprogs", "fdisk", "tpm2-tools"];
+
+/// Returns every package the tree gets: the network and storage tools, the base list
 /// and each service's.
 pub fn package_list(loaded: &Loaded) -> Vec<String> {
     let definition = &loaded.definition;
-    let mut packages: BTreeSet<String> = NETWORK_PACKAGES.iter().map(|name| name.to_string()).collect();
+    let mut packages: BTreeSet<String> =
+        NETWORK_PACKAGES.iter().chain(STORAGE_PACKAGES).map(|name| name.to_string()).collect();
     packages.extend(definition.base.packages.iter().cloned());
     for service in &definition.services {
         packages.extend(service.packages.iter().cloned());

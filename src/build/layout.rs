@@ -18,7 +18,12 @@ const GPT_RESERVED: u64 = 34 * SECTOR;
 /// GPT type GUIDs (Discoverable Partitions Specification).
 pub const TYPE_ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 pub const TYPE_ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
-pub const TYPE_LINUX_DATA: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+/// "Linux LUKS": ztms-init gives the data partition this type once it has
+/// finished provisioning it.
+pub const TYPE_LUKS: &str = "ca7d7ccb-63ed-4c53-861c-1742536059cc";
+/// ztms's own type for a data partition that was never provisioned: the
+/// builder writes it, and ztms-init may format a partition of this type.
+pub const TYPE_DATA_UNPROVISIONED: &str = "5a0aa5b5-d03f-43f7-a763-12447b019840";
 
 /// One partition of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,7 +69,7 @@ impl Role {
         match self {
             Role::Esp => TYPE_ESP,
             Role::RootA | Role::RootB => TYPE_ROOT_X86_64,
-            Role::Data => TYPE_LINUX_DATA,
+            Role::Data => TYPE_DATA_UNPROVISIONED,
         }
     }
 }

@@ -488,6 +488,9 @@ pub struct Storage {
     /// filesystem. Every byte on it is lost.
     #[serde(default)]
     pub wipe: bool,
+    /// Where the key file is, for `unlock = "key-file"`.
+    #[serde(default)]
+    pub key_file: Option<KeyFile>,
 }
 
 impl Default for Storage {
@@ -495,8 +498,20 @@ impl Default for Storage {
         Self {
             unlock: Unlock::Tpm2,
             wipe: false,
+            key_file: None,
         }
     }
+}
+
+/// A key file on removable media: a FAT or ext4 filesystem found by its
+/// label, mounted read-only for as long as it takes to read the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// Filesystem label of the removable media, for example `ZTMSKEY`.
+    pub label: String,
+    /// Path of the key file on that filesystem, for example `ztms-data.key`.
+    pub path: String,
 }
 
 /// Unlock method of the data partition at boot.

@@ -77,9 +77,35 @@ pub(super) fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         }
     }
 
+    validate_storage(loaded)?;
     validate_segments(loaded)?;
     validate_services(loaded)?;
     validate_network(loaded)
+}
+
+fn validate_storage(loaded: &Loaded) -> Result<(), ConfigError> {
+    let storage = &loaded.definition.storage;
+    match (&storage.unlock, &storage.key_file) {
+        (super::Unlock::KeyFile, None) => Err(loaded.invalid(
+            0..0,
+            "storage.unlock = \"key-file\" needs storage.key_file; add key_file = { label = \"ZTMSKEY\", path = \"ztms-data.key\" } with the label of the removable media".into(),
+        )),
+        (_, Some(key_file)) => {
+            let path = std::path::Path::new(&key_file.path);
+            let plain = path.components().all(|part| matches!(part, std::path::Component::Normal(_)));
+            if key_file.label.is_empty() || key_file.path.is_empty() || !plain {
+                return Err(loaded.invalid(
+                    0..0,
+                    format!(
+                        "storage.key_file = {{ label = {:?}, path = {:?} }} is invalid: give a non-empty filesystem label and a relative path without \"..\"",
+                        key_file.label, key_file.path
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn validate_segments(loaded: &Loaded) -> Result<(), ConfigError> {

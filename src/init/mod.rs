@@ -15,6 +15,7 @@ pub mod bless;
 pub mod block;
 pub mod cgroups;
 pub mod cmdline;
+pub mod command;
 pub mod dm;
 pub mod health;
 pub mod logger;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::order::{self, OrderError};
-use crate::config::{Definition, Health};
+use crate::config::{Definition, Health, KeyFile, Unlock};
 
 /// Path of the plan in the root filesystem.
 pub const PLAN_PATH: &str = "/etc/ztms/appliance.json";
@@ -35,7 +35,41 @@ pub struct AppliancePlan {
     pub ready_timeout_secs: u64,
     /// Services in start order: each comes after its dependencies.
     pub services: Vec<ServicePlan>,
+    /// How the data partition is unlocked and laid out.
+    #[serde(default)]
+    pub storage: StoragePlan,
 }
+
+/// The storage phase's settings, from the definition's `[storage]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoragePlan {
+    pub unlock: Unlock,
+    /// Format the data partition even when it holds data.
+    pub wipe: bool,
+    pub key_file: Option<KeyFile>,
+    /// Owner of the directories of the data layout.
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    /// Services that get a `config/<service>` directory.
+    pub config_dirs: Vec<String>,
+}
+
+impl Default for StoragePlan {
+    fn default() -> Self {
+        Self {
+            unlock: Unlock::Tpm2,
+            wipe: false,
+            key_file: None,
+            owner_uid: DATA_OWNER,
+            owner_gid: DATA_OWNER,
+            config_dirs: Vec::new(),
+        }
+    }
+}
+
+/// User and group that own `/data`'s layout, as in linuxserver.io images.
+pub const DATA_OWNER: u32 = 1000;
 
 /// One supervised service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +272,13 @@ pub fn from_definition(definition: &Definition) -> Result<AppliancePlan, PlanErr
         hostname,
         status_serial: definition.debug.status_serial,
         ready_timeout_secs: DEFAULT_READY_TIMEOUT_SECS,
+        storage: StoragePlan {
+            unlock: definition.storage.unlock,
+            wipe: definition.storage.wipe,
+            key_file: definition.storage.key_file.clone(),
+            config_dirs: services.iter().map(|service| service.name.clone()).collect(),
+            ..StoragePlan::default()
+        },
         services,
     };
 

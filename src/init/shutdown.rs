@@ -111,6 +111,7 @@ pub fn finish(action: Action) -> ! {
 
     nix::unistd::sync();
     super::mounts::unmount_all();
+    super::storage::close();
     match verity::remove_root() {
         Ok(()) => log::info!("removed device-mapper device {}", verity::ROOT_NAME),
         // The root filesystem is still mounted from it, so EBUSY is the
@@ -190,6 +191,7 @@ mod tests {
             status_serial: false,
             ready_timeout_secs: 1,
             services: Vec::new(),
+            storage: Default::default(),
         };
         let mut supervisor = Supervisor::new(&plan, false);
         let mut shutdown = Shutdown::begin(Action::PowerOff, &mut supervisor);

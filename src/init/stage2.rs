@@ -20,7 +20,7 @@ use super::status_server::StatusServer;
 use super::supervisor::Supervisor;
 use super::{cgroups, cmdline, logger, modules, mounts, network, storage, sysctl};
 use super::{boottime_ms, monotonic_ms};
-use crate::status::{self, Status};
+use crate::status::{self, Status, StorageStatus};
 
 /// Modules stage 2 loads: input devices for the power button, the
 /// virtio-serial status port, and VFAT with its code pages for the ESP.
@@ -53,6 +53,8 @@ struct Init {
     supervisor: Supervisor,
     supervising: bool,
     cgroups_enabled: bool,
+    /// What the storage phase did, for the status API.
+    storage: Option<StorageStatus>,
     signals: Option<SignalFd>,
     buttons: Vec<PowerButton>,
     status_server: StatusServer,
@@ -115,6 +117,7 @@ impl Init {
             status_serial: false,
             ready_timeout_secs: 0,
             services: Vec::new(),
+            storage: Default::default(),
         };
         let now = Instant::now();
         Self {
@@ -127,6 +130,7 @@ impl Init {
             supervisor: Supervisor::new(&empty, false),
             supervising: false,
             cgroups_enabled: false,
+            storage: None,
             signals,
             buttons: Vec::new(),
             status_server: StatusServer::default(),
@@ -212,7 +216,9 @@ impl Init {
         let data_label = self.data_label.clone();
         match &self.plan {
             Some(plan) => {
-                self.phases.run("storage", || storage::run(plan, data_label.as_deref()));
+                let mut storage_status = StorageStatus::default();
+                self.phases.run("storage", || storage::run(plan, data_label.as_deref(), &mut storage_status));
+                self.storage = Some(storage_status);
                 self.phases.run("network", || network::run(plan));
             }
             None => {
@@ -478,6 +484,7 @@ impl Init {
             uptime_ms: boottime_ms(),
             zombies: count_zombies(),
             init_rss_kib: own_rss_kib(),
+            storage: self.storage.clone(),
         }
     }
 }

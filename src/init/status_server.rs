@@ -392,6 +392,7 @@ mod tests {
             uptime_ms: 5,
             zombies: 0,
             init_rss_kib: 0,
+            storage: None,
         }
     }
 

@@ -841,6 +841,7 @@ mod tests {
             status_serial: false,
             ready_timeout_secs: 10,
             services,
+            storage: Default::default(),
         }
     }
 

@@ -144,6 +144,15 @@ pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
         .prefix("ztms-run-")
         .tempdir()
         .map_err(|e| format!("cannot create a state directory: {e}"))?;
+    // A persisted disk keeps its TPM and firmware variables beside it: the
+    // data volume's key is sealed to that TPM.
+    let state_path = if args.persist {
+        let mut name = image.clone().into_os_string();
+        name.push(".vm");
+        PathBuf::from(name)
+    } else {
+        state_dir.path().to_path_buf()
+    };
     let machine = match &args.machine {
         Some(path) => machine::Machine::load(path)?,
         None => machine::Machine::default_machine(),
@@ -158,9 +167,11 @@ pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
         forwards: forwards.clone(),
         tpm: !args.no_tpm,
         disk_size: None,
-        state_dir: state_dir.path().to_path_buf(),
+        state_dir: state_path,
         interactive: !args.headless,
         lan: None,
+        keep_disk: false,
+        extra_drives: Vec::new(),
     };
     for forward in &forwards {
         let proto = if forward.udp { "udp" } else { "tcp" };

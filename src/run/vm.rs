@@ -88,6 +88,12 @@ pub struct VmConfig {
     /// A second network card on a point-to-point link to another VM, for
     /// LAN-side tests: one VM listens on a loopback port, the other connects.
     pub lan: Option<LanLink>,
+    /// Keep the overlay of an earlier start in `state_dir`, so a second
+    /// boot finds what the first one wrote (a power cycle).
+    pub keep_disk: bool,
+    /// Further raw disks, attached read-only after the system disk (a USB
+    /// stick with a key file, say).
+    pub extra_drives: Vec<PathBuf>,
 }
 
 /// One end of a virtual Ethernet link between two VMs, carried over a TCP
@@ -119,6 +125,8 @@ impl VmConfig {
             state_dir,
             interactive: false,
             lan: None,
+            keep_disk: false,
+            extra_drives: Vec::new(),
         }
     }
 }
@@ -140,6 +148,11 @@ pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
     let disk = format!("if=none,id=disk0,format=qcow2,file={}", paths.disk.display());
     let disk_device = format!("{},drive=disk0", machine.disk_device);
     push(&["-drive", &disk, "-device", &disk_device]);
+    for (index, drive) in config.extra_drives.iter().enumerate() {
+        let spec = format!("if=none,id=extra{index},format=raw,readonly=on,file={}", drive.display());
+        let device = format!("virtio-blk-pci,drive=extra{index}");
+        push(&["-drive", &spec, "-device", &device]);
+    }
 
     let mut netdev = "user,id=net0,net=10.0.2.0/24".to_string();
     for forward in &config.forwards {
@@ -208,6 +221,8 @@ pub struct Vm {
     qemu: Child,
     swtpm: Option<Child>,
     console: Arc<Mutex<String>>,
+    /// QEMU's standard input, which is the guest's serial console.
+    keyboard: Option<std::process::ChildStdin>,
     pub paths: VmPaths,
     pub started: Instant,
     /// Console bytes already matched by `wait_for_console`.
@@ -319,6 +334,9 @@ impl Vm {
             image.clone()
         } else {
             let overlay = config.state_dir.join("overlay.qcow2");
+            if config.keep_disk && overlay.exists() {
+                return Vm::launch(config, overlay, echo);
+            }
             let _ = std::fs::remove_file(&overlay);
             let mut command = Command::new("qemu-img");
             command
@@ -337,6 +355,11 @@ impl Vm {
             }
             overlay
         };
+        Vm::launch(config, disk, echo)
+    }
+
+    /// Starts swtpm and QEMU on `disk`, the image or its overlay.
+    fn launch(config: &VmConfig, disk: PathBuf, echo: bool) -> Result<Vm, VmError> {
         let paths = VmPaths::new(&config.state_dir, disk, config.tpm);
         if !paths.vars.exists() {
             std::fs::copy(&config.machine.firmware_vars, &paths.vars).map_err(io("copy the OVMF variables"))?;
@@ -355,7 +378,7 @@ impl Vm {
         if config.interactive {
             command.stdin(Stdio::inherit()).stdout(Stdio::inherit());
         } else {
-            command.stdin(Stdio::null()).stdout(Stdio::piped());
+            command.stdin(Stdio::piped()).stdout(Stdio::piped());
         }
         command.stderr(Stdio::piped());
         die_with_parent(&mut command);
@@ -377,7 +400,8 @@ impl Vm {
                 }
             });
         }
-        Ok(Vm { qemu, swtpm, console, paths, started: Instant::now(), matched_up_to: 0 })
+        let keyboard = qemu.stdin.take();
+        Ok(Vm { qemu, swtpm, console, keyboard, paths, started: Instant::now(), matched_up_to: 0 })
     }
 
     /// Returns the last `lines` console lines.
@@ -466,6 +490,13 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Types `text` on the serial console, as a person at the console would.
+    pub fn type_console(&mut self, text: &str) -> Result<(), VmError> {
+        let keyboard = self.keyboard.as_mut().ok_or_else(|| VmError::Status("the console has no input".into()))?;
+        keyboard.write_all(text.as_bytes()).map_err(io("type on the console"))?;
+        keyboard.flush().map_err(io("type on the console"))
     }
 
     /// Resets the machine as the reset button would, without warning the guest.
@@ -599,7 +630,17 @@ mod tests {
             state_dir: "/tmp/vm".into(),
             interactive: false,
             lan: Some(LanLink { port: 40000, listen: true, mac_suffix: 2 }),
+            keep_disk: false,
+            extra_drives: vec!["key.img".into()],
         }
+    }
+
+    #[test]
+    fn extra_drives_are_read_only() {
+        let paths = VmPaths::new(Path::new("/tmp/vm"), "/tmp/vm/overlay.qcow2".into(), true);
+        let args = qemu_args(&config(), &paths).join(" ");
+        assert!(args.contains("-drive if=none,id=extra0,format=raw,readonly=on,file=key.img"), "{args}");
+        assert!(args.contains("-device virtio-blk-pci,drive=extra0"), "{args}");
     }
 
     #[test]

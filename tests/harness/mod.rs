@@ -155,6 +155,30 @@ pub fn boot_with_forwards(test: &str, image: &Path, forwards: Vec<ztms::run::vm:
     TestVm { vm, name: test.to_string() }
 }
 
+/// Returns the configuration of a VM for `test` with a fresh state
+/// directory (no disk overlay, no TPM state yet).
+pub fn fresh_config(test: &str, image: &Path) -> VmConfig {
+    let state_dir = scratch().join("vms").join(test);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    VmConfig::headless(image, state_dir, accel())
+}
+
+/// Starts a VM from `config`; `config.keep_disk` makes it a power cycle
+/// of the previous VM in the same state directory.
+pub fn start(test: &str, config: &VmConfig) -> TestVm {
+    let vm = Vm::start(config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
+    TestVm { vm, name: test.to_string() }
+}
+
+/// Returns the output lines of `service` on a console.
+pub fn output_of(console: &str, service: &str) -> Vec<String> {
+    let prefix = format!("{service}: ");
+    console
+        .lines()
+        .filter_map(|line| line.split_once(&prefix).map(|(_, rest)| rest.to_string()))
+        .collect()
+}
+
 /// One probe to run inside a service's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeRequest {
