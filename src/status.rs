@@ -86,6 +86,20 @@ pub struct StorageStatus {
     pub size_bytes: Option<u64>,
     /// Why the phase failed.
     pub error: Option<String>,
+    /// Sequential throughput measured at provisioning, on test images.
+    #[serde(default)]
+    pub throughput: Option<Throughput>,
+}
+
+/// Sequential throughput of the data partition in KiB/s, without and with
+/// encryption, measured in the same boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub mib: u32,
+    pub raw_write_kib_s: u64,
+    pub raw_read_kib_s: u64,
+    pub encrypted_write_kib_s: u64,
+    pub encrypted_read_kib_s: u64,
 }
 
 /// Progress of one boot phase.

@@ -121,7 +121,20 @@ fn data_volume_lifecycle() {
         assert!(options.split(',').any(|option| option == flag), "/data mounted with {options}, without {flag}");
     }
     assert!(vm.console().contains("marker: exec on data: refused"), "a program ran from /data");
-    eprintln!("measured first boot: storage phase unlock {} ms, cipher {:?}", first.unlock_ms.unwrap_or(0), first.cipher);
+    eprintln!("measured first boot: provisioning and unlock {} ms, cipher {:?}", first.unlock_ms.unwrap_or(0), first.cipher);
+    let figures = first.throughput.expect("the test image measures throughput");
+    let ratio = |encrypted: u64, raw: u64| encrypted as f64 / raw.max(1) as f64;
+    eprintln!(
+        "measured throughput of {} MiB in KiB/s: write raw {} encrypted {} (ratio {:.2}), read raw {} encrypted {} (ratio {:.2})",
+        figures.mib,
+        figures.raw_write_kib_s,
+        figures.encrypted_write_kib_s,
+        ratio(figures.encrypted_write_kib_s, figures.raw_write_kib_s),
+        figures.raw_read_kib_s,
+        figures.encrypted_read_kib_s,
+        ratio(figures.encrypted_read_kib_s, figures.raw_read_kib_s)
+    );
+    assert!(figures.encrypted_write_kib_s > 0 && figures.encrypted_read_kib_s > 0, "{figures:?}");
     vm.power_down(Duration::from_secs(90)).expect("clean power-off");
 
     // The raw disk: the partition is marked provisioned, and the marker is

@@ -549,6 +549,12 @@ pub struct Debug {
     /// Install the test probe agent that runs commands in service namespaces.
     #[serde(default)]
     pub probe: bool,
+    /// At first boot, measure the data partition's sequential throughput
+    /// with this many MiB each way, raw and then through dm-crypt, before
+    /// the filesystem is made; the figures appear in the status API. 0
+    /// turns it off.
+    #[serde(default)]
+    pub storage_benchmark_mib: u32,
 }
 
 fn default_suite() -> String {

@@ -6,13 +6,17 @@
 //! service name. Writes that fail are dropped, because PID 1 has nowhere
 //! else to report them.
 //!
-//! NOTE: records do not reach a journal yet. When a journald socket exists,
-//! a third sink belongs in [`Sinks`], next to the console and kmsg.
+//! In stage 2 every line also goes to the persisted log on `/data`
+//! ([`super::logfile`]) once the storage phase has mounted it. The appliance
+//! runs no journald, so there is no journal socket to write to.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::Mutex;
+
+use super::logfile::LogFile;
 
 /// Log target of lines that a service wrote to its stdout or stderr.
 pub const SERVICE_OUTPUT: &str = "service-output";
@@ -26,6 +30,8 @@ struct Sinks {
     console: Option<File>,
     /// `/dev/kmsg` in stage 1.
     kmsg: Option<File>,
+    /// The persisted log; None until stage 2 starts buffering for it.
+    persisted: Option<LogFile>,
 }
 
 struct Logger {
@@ -36,6 +42,7 @@ static LOGGER: Logger = Logger {
     sinks: Mutex::new(Sinks {
         console: None,
         kmsg: None,
+        persisted: None,
     }),
 };
 
@@ -82,6 +89,27 @@ pub fn open_console(with_kmsg: bool) {
 pub fn close_kmsg() {
     let mut sinks = LOGGER.sinks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     sinks.kmsg = None;
+}
+
+/// Starts keeping lines for the persisted log, in memory until
+/// [`persist_to`] names the file.
+pub fn buffer_for_persisting() {
+    let mut sinks = LOGGER.sinks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    sinks.persisted.get_or_insert_with(LogFile::default);
+}
+
+/// Appends every line, the buffered ones first, to the file at `path`.
+pub fn persist_to(path: &Path) -> std::io::Result<()> {
+    let mut sinks = LOGGER.sinks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    sinks.persisted.get_or_insert_with(LogFile::default).open(path)
+}
+
+/// Syncs and closes the persisted log, before `/data` is unmounted.
+pub fn stop_persisting() {
+    let mut sinks = LOGGER.sinks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(mut file) = sinks.persisted.take() {
+        file.close();
+    }
 }
 
 /// Formats the console line of a record, newline included.
@@ -148,6 +176,9 @@ impl log::Log for Logger {
         if let Some(kmsg) = sinks.kmsg.as_mut() {
             // The kernel takes one record per write.
             let _ = kmsg.write_all(kmsg_line(record.level(), record.target(), &message).as_bytes());
+        }
+        if let Some(persisted) = sinks.persisted.as_mut() {
+            persisted.write(&line);
         }
     }
 

@@ -18,6 +18,7 @@ pub mod cmdline;
 pub mod command;
 pub mod dm;
 pub mod health;
+pub mod logfile;
 pub mod logger;
 pub mod modules;
 pub mod mounts;

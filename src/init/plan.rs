@@ -53,6 +53,9 @@ pub struct StoragePlan {
     pub owner_gid: u32,
     /// Services that get a `config/<service>` directory.
     pub config_dirs: Vec<String>,
+    /// MiB written and read to measure throughput at provisioning; 0: off.
+    #[serde(default)]
+    pub benchmark_mib: u32,
 }
 
 impl Default for StoragePlan {
@@ -64,6 +67,7 @@ impl Default for StoragePlan {
             owner_uid: DATA_OWNER,
             owner_gid: DATA_OWNER,
             config_dirs: Vec::new(),
+            benchmark_mib: 0,
         }
     }
 }
@@ -277,6 +281,7 @@ pub fn from_definition(definition: &Definition) -> Result<AppliancePlan, PlanErr
             wipe: definition.storage.wipe,
             key_file: definition.storage.key_file.clone(),
             config_dirs: services.iter().map(|service| service.name.clone()).collect(),
+            benchmark_mib: definition.debug.storage_benchmark_mib,
             ..StoragePlan::default()
         },
         services,

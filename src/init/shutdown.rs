@@ -109,6 +109,7 @@ pub fn reboot_mode(action: Action) -> RebootMode {
 pub fn finish(action: Action) -> ! {
     kill_remaining();
 
+    super::logger::stop_persisting();
     nix::unistd::sync();
     super::mounts::unmount_all();
     super::storage::close();

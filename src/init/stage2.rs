@@ -143,6 +143,7 @@ impl Init {
 
     /// Runs the phases up to and including `services`.
     fn boot(&mut self) {
+        logger::buffer_for_persisting();
         log::info!("stage 2 started ({} ms since init start)", self.since_init_ms());
 
         let mut plan = None;

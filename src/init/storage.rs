@@ -2,10 +2,10 @@
 //! boot, unlocks it at every boot, checks its filesystem and mounts it on
 //! `/data` with nodev, nosuid and noexec.
 //!
-//! Provisioning is safe against power loss: the builder gives the data
-//! partition ztms's "unprovisioned" GPT type and the LUKS2 header is
-//! created with the label [`plan::PROVISIONING_LABEL`]; only when the
-//! volume is complete does the partition get the "Linux LUKS" type. A boot
+//! Provisioning is safe against power loss. The builder gives the data
+//! partition ztms's "unprovisioned" GPT type, the LUKS2 header is created
+//! with the label [`plan::PROVISIONING_LABEL`], and only a complete volume
+//! gets the "Linux LUKS" GPT type. A boot
 //! that finds the unprovisioned type with a blank partition or an
 //! unfinished header starts over, and no other content is ever formatted
 //! unless the definition sets `storage.wipe`.
@@ -31,7 +31,7 @@ use super::plan::{AppliancePlan, StoragePlan};
 use crate::build::layout::TYPE_LUKS;
 use crate::config::{KeyFile, Unlock};
 use crate::runtime::DATA_DIR;
-use crate::status::StorageStatus;
+use crate::status::{StorageStatus, Throughput};
 
 /// Device-mapper name of the opened volume.
 pub const MAPPER_NAME: &str = "ztms-data";
@@ -41,7 +41,10 @@ const MODULES: &[&str] = &["dm_crypt", "algif_skcipher", "ext4"];
 const DEVICE_WAIT: Duration = Duration::from_secs(15);
 /// Steps of provisioning, for the progress lines.
 const STEPS: u32 = 5;
-/// How long the offer to re-seal waits for an answer.
+/// The persisted log, below `/data`; the logs directory is part of the
+/// layout.
+pub const LOG_FILE: &str = "logs/ztms.log";
+/// Time the offer to re-seal waits for a reply.
 const RESEAL_QUESTION_WAIT: Duration = Duration::from_secs(60);
 
 /// Prepares `/data` for `plan`; `data_label` is the GPT label from
@@ -117,6 +120,10 @@ fn unlock_and_mount(
     status.mount_options = mount_options(DATA_DIR);
     status.size_bytes = device_size(&mapped);
     make_layout(storage);
+    let log_path = Path::new(DATA_DIR).join(LOG_FILE);
+    if let Err(error) = super::logger::persist_to(&log_path) {
+        log::warn!("storage: cannot write the persisted log {}: {error}", log_path.display());
+    }
     log::info!(
         "storage: {DATA_DIR} mounted from {device} ({}), unlocked by {} in {} ms",
         status.cipher.as_deref().unwrap_or("?"),
@@ -168,6 +175,11 @@ fn provision(
         Unlock::RecoveryKey => (None, Kdf::Fast, false),
     };
 
+    let raw_figures = match storage.benchmark_mib {
+        0 => None,
+        mib => Some(measure(device, mib)?),
+    };
+
     step(2, &format!("creating the LUKS2 header ({})", cipher.name));
     match &primary {
         Some(secret) => {
@@ -186,6 +198,18 @@ fn provision(
     step(4, "making the ext4 filesystem");
     let opener: &[u8] = primary.as_deref().unwrap_or(recovery.as_bytes());
     luks::open(device, MAPPER_NAME, opener)?;
+    if let Some((raw_write_kib_s, raw_read_kib_s)) = raw_figures {
+        let (encrypted_write_kib_s, encrypted_read_kib_s) = measure(&format!("/dev/mapper/{MAPPER_NAME}"), storage.benchmark_mib)?;
+        let figures = Throughput {
+            mib: storage.benchmark_mib,
+            raw_write_kib_s,
+            raw_read_kib_s,
+            encrypted_write_kib_s,
+            encrypted_read_kib_s,
+        };
+        log::info!("storage: throughput in KiB/s: {figures:?}");
+        status.throughput = Some(figures);
+    }
     let owner = format!("root_owner={}:{}", storage.owner_uid, storage.owner_gid);
     Run::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "data", "-m", "0", "-E", &owner, &format!("/dev/mapper/{MAPPER_NAME}")])
@@ -423,6 +447,31 @@ fn set_partition_type(partition: &BlockDevice, type_guid: &str) -> Result<(), St
 
 fn cipher_of(device: &str) -> String {
     luks::cipher(device).unwrap_or_else(|error| format!("unknown ({error})"))
+}
+
+/// Writes `mib` MiB at the start of `device` and reads them back with an
+/// empty page cache; returns (write, read) in KiB/s. Only for a device
+/// that is about to be formatted.
+fn measure(device: &str, mib: u32) -> Result<(u64, u64), String> {
+    use std::io::Write;
+    let fail = |what: &str, error: std::io::Error| format!("measuring {device}: {what} failed: {error}");
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(device).map_err(|e| fail("open", e))?;
+    let mut block = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    for _ in 0..mib {
+        file.write_all(&block).map_err(|e| fail("write", e))?;
+    }
+    file.sync_data().map_err(|e| fail("fdatasync", e))?;
+    let write = started.elapsed();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| fail("dropping the page cache", e))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| fail("seek", e))?;
+    let started = Instant::now();
+    for _ in 0..mib {
+        file.read_exact(&mut block).map_err(|e| fail("read", e))?;
+    }
+    let read = started.elapsed();
+    let rate = |elapsed: Duration| (u64::from(mib) * 1024 * 1000) / (elapsed.as_millis().max(1) as u64);
+    Ok((rate(write), rate(read)))
 }
 
 /// Records whether the filesystem was unmounted cleanly, then runs e2fsck

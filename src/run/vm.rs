@@ -536,11 +536,25 @@ impl Vm {
         self.stop_swtpm();
     }
 
+    /// Stops swtpm with SIGTERM, which lets it save its state (SIGKILL
+    /// during a save would lose the TPM's seeds, and with them every key
+    /// sealed to it), then SIGKILL if it is still running after 5 s.
     fn stop_swtpm(&mut self) {
-        if let Some(mut swtpm) = self.swtpm.take() {
-            let _ = swtpm.kill();
-            let _ = swtpm.wait();
+        let Some(mut swtpm) = self.swtpm.take() else { return };
+        // The PID is our own child, not yet reaped, so it names no other
+        // process.
+        if let Ok(pid) = i32::try_from(swtpm.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = swtpm.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = swtpm.kill();
+        let _ = swtpm.wait();
     }
 
     /// Queries the status API over the virtio-serial port (test images).
@@ -564,18 +578,20 @@ impl Drop for Vm {
     }
 }
 
-fn spawn_console_reader(stdout: impl Read + Send + 'static, mut log: std::fs::File, console: Arc<Mutex<String>>, echo: bool) {
+/// Copies the console as it arrives, in chunks rather than lines, so a
+/// prompt that waits for input on its own line is seen at once.
+fn spawn_console_reader(mut stdout: impl Read + Send + 'static, mut log: std::fs::File, console: Arc<Mutex<String>>, echo: bool) {
     std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut pending: Vec<u8> = Vec::new();
         loop {
-            buffer.clear();
-            match reader.read_until(b'\n', &mut buffer) {
+            let count = match stdout.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let _ = log.write_all(&buffer);
-            let text = String::from_utf8_lossy(&buffer).replace('\r', "");
+                Ok(count) => count,
+            };
+            let _ = log.write_all(&chunk[..count]);
+            pending.extend_from_slice(&chunk[..count]);
+            let text = take_utf8(&mut pending).replace('\r', "");
             if echo {
                 print!("{text}");
                 let _ = std::io::stdout().flush();
@@ -585,6 +601,36 @@ fn spawn_console_reader(stdout: impl Read + Send + 'static, mut log: std::fs::Fi
             }
         }
     });
+}
+
+/// Removes and returns the decodable start of `bytes`, leaving an
+/// incomplete UTF-8 sequence at the end for the next chunk; invalid bytes
+/// become U+FFFD.
+fn take_utf8(bytes: &mut Vec<u8>) -> String {
+    let mut text = String::new();
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(valid) => {
+                text.push_str(valid);
+                bytes.clear();
+                return text;
+            }
+            Err(error) => {
+                let valid = error.valid_up_to();
+                text.push_str(&String::from_utf8_lossy(&bytes[..valid]));
+                match error.error_len() {
+                    Some(length) => {
+                        text.push('\u{fffd}');
+                        bytes.drain(..valid + length);
+                    }
+                    None => {
+                        bytes.drain(..valid);
+                        return text;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn start_swtpm(socket: &Path, state: &Path) -> Result<Child, VmError> {
@@ -633,6 +679,16 @@ mod tests {
             keep_disk: false,
             extra_drives: vec!["key.img".into()],
         }
+    }
+
+    #[test]
+    fn console_chunks_keep_split_characters() {
+        let mut bytes = "é".as_bytes()[..1].to_vec();
+        assert_eq!(take_utf8(&mut bytes), "");
+        bytes.extend_from_slice(&"é".as_bytes()[1..]);
+        bytes.extend_from_slice(b"ok\xff!");
+        assert_eq!(take_utf8(&mut bytes), "éok\u{fffd}!");
+        assert!(bytes.is_empty());
     }
 
     #[test]

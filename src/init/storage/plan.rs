@@ -11,16 +11,16 @@ use crate::build::layout::{TYPE_DATA_UNPROVISIONED, TYPE_LUKS};
 /// LUKS2 label of a volume whose provisioning has not finished. Only
 /// ztms-init writes it, so a partition that carries it never held data.
 pub const PROVISIONING_LABEL: &str = "ztms-provisioning";
-/// LUKS2 token type that holds the TPM-sealed key.
+/// LUKS2 token type of the token that contains the TPM-sealed key.
 pub const TOKEN_TYPE: &str = "ztms-tpm2";
-/// PCRs the key is sealed to. PCR 7 holds the Secure Boot state and the
-/// certificates that verified the loaded images: it stays the same across
-/// A/B updates signed by the same key, and changes when Secure Boot is
-/// turned off or its database changes. PCR 4 (the UKI's hash) would change
-/// with every update.
+/// PCRs the key is sealed to. PCR 7 measures the Secure Boot state and the
+/// certificates that verified the loaded images, so it stays the same
+/// across A/B updates signed by the same key and changes when Secure Boot
+/// is turned off or its database changes. PCR 4 (the UKI's hash) would
+/// change with every update.
 pub const SEAL_PCRS: &[u32] = &[7];
 
-/// What `blkid -p` found on the data partition.
+/// Result of `blkid -p` on the data partition.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Probe {
     /// GPT type GUID, lowercase.
@@ -41,7 +41,7 @@ pub fn parse_blkid(text: &str) -> Probe {
     }
 }
 
-/// What the storage phase does with the data partition.
+/// Action of the storage phase on the data partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Create the volume; `resumed` when an earlier first boot stopped
@@ -49,12 +49,12 @@ pub enum Decision {
     Provision { resumed: bool, wiped: Option<String> },
     /// Unlock the existing volume.
     Unlock,
-    /// Touch nothing and say why.
+    /// Touch nothing, for the reason given.
     Refuse(String),
 }
 
 /// Decides from the partition's type and content. A partition is formatted
-/// only when the builder left it unprovisioned and it is blank or holds
+/// only when the builder left it unprovisioned and it is blank or contains
 /// ztms-init's own unfinished volume, or when `wipe` is set and the
 /// partition is not a ztms volume that was provisioned.
 pub fn decide(probe: &Probe, wipe: bool) -> Decision {
@@ -125,8 +125,8 @@ pub struct LayoutDir {
     pub mode: u32,
 }
 
-/// The directories every appliance has under `/data`, as media users know
-/// them, plus `config/<service>` for each service.
+/// Returns the directories every appliance has under `/data`, as media
+/// users know them, plus `config/<service>` for each service.
 pub fn data_layout(services: &[String]) -> Vec<LayoutDir> {
     let mut dirs: Vec<LayoutDir> = ["media", "torrents", "usenet", "config", "logs"]
         .iter()
@@ -244,8 +244,8 @@ pub fn free_keyslot(used: &[u32]) -> Option<u32> {
 /// State an ext4 superblock records about the last unmount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ext4State {
-    /// The journal holds transactions not yet written: the filesystem was
-    /// not unmounted cleanly.
+    /// True when the journal contains transactions not yet written, because
+    /// the filesystem was not unmounted cleanly.
     pub needs_recovery: bool,
     /// `s_state` has the "cleanly unmounted" bit and not the error bit.
     pub valid: bool,
@@ -315,7 +315,8 @@ mod tests {
         for (content, label) in [("ext4", Some("photos")), ("crypto_LUKS", Some("other")), ("crypto_LUKS", None)] {
             let decision = decide(&probe(TYPE_DATA_UNPROVISIONED, Some(content), label), false);
             let Decision::Refuse(reason) = decision else { panic!("{content} would be formatted") };
-            assert!(reason.contains(content) && reason.contains("storage.wipe = true"), "{reason}");
+            assert!(reason.contains(content), "{reason}");
+            assert!(reason.contains("storage.wipe = true"), "{reason}");
         }
         let decision = decide(&probe(TYPE_DATA_UNPROVISIONED, Some("ext4"), None), true);
         assert_eq!(decision, Decision::Provision { resumed: false, wiped: Some("ext4".into()) });
@@ -332,7 +333,8 @@ mod tests {
         let Decision::Refuse(reason) = decide(&probe(TYPE_LUKS, Some("ext4"), None), false) else {
             panic!("formatted")
         };
-        assert!(reason.contains("marked as provisioned") && reason.contains("ext4"), "{reason}");
+        assert!(reason.contains("marked as provisioned"), "{reason}");
+        assert!(reason.contains("ext4"), "{reason}");
         assert!(matches!(decide(&probe(TYPE_LUKS, None, None), false), Decision::Refuse(_)));
     }
 
@@ -400,7 +402,8 @@ mod tests {
         assert!(parse_ext4_superblock(&superblock).unwrap().clean());
         superblock[96..100].copy_from_slice(&0x4u32.to_le_bytes());
         let state = parse_ext4_superblock(&superblock).unwrap();
-        assert!(state.needs_recovery && !state.clean());
+        assert!(state.needs_recovery);
+        assert!(!state.clean());
         superblock[56] = 0;
         assert_eq!(parse_ext4_superblock(&superblock), None);
     }

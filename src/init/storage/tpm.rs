@@ -64,6 +64,17 @@ fn create_primary(work: &WorkDir) -> Result<String, String> {
     tool("tpm2_createprimary")
         .args(["-Q", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-c", &context])
         .output()?;
+    // The key's name identifies the TPM's storage seed: when unsealing
+    // fails, comparing it with the one logged at sealing tells a different
+    // TPM from changed PCRs.
+    match tool("tpm2_readpublic").args(["-c", &context]).output() {
+        Ok(text) => {
+            let text = String::from_utf8_lossy(&text);
+            let name = text.lines().find_map(|line| line.strip_prefix("name: ")).unwrap_or("?");
+            log::info!("storage: TPM storage key {name}");
+        }
+        Err(error) => log::warn!("storage: reading the TPM storage key failed: {error}"),
+    }
     Ok(context)
 }
 
