@@ -22,22 +22,32 @@ fn storage(vm: &TestVm) -> StorageStatus {
     status.storage.clone().unwrap_or_else(|| panic!("no storage in the status: {status:?}"))
 }
 
-/// Waits for the marker service's line about the marker, anywhere on this
-/// boot's console; returns the marker and whether it was found (true) or
-/// written (false).
-fn marker_line(vm: &mut TestVm) -> (String, bool) {
+/// Waits for a line of `service` that starts with `prefix`, anywhere on
+/// this boot's console, and returns the rest of it.
+fn service_line(vm: &TestVm, service: &str, prefix: &str) -> String {
     let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
     loop {
-        let lines = output_of(&vm.console(), "marker");
-        if let Some(rest) = lines.iter().find_map(|line| line.strip_prefix("marker ")) {
-            let found = rest.starts_with("found");
-            let marker = rest.split_once(": ").map(|(_, marker)| marker.trim().to_string()).unwrap_or_default();
-            assert!(marker.starts_with(MARKER_PREFIX), "unexpected marker line {rest:?}");
-            return (marker, found);
+        let lines = output_of(&vm.console(), service);
+        if let Some(rest) = lines.iter().find_map(|line| line.strip_prefix(prefix)) {
+            return rest.to_string();
         }
-        assert!(std::time::Instant::now() < deadline, "no marker line on the console:\n{}", vm.console_tail(40));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line {prefix:?} from {service} on the console:\n{}",
+            vm.console_tail(40)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Waits for the marker service's line about the marker; returns the
+/// marker and whether it was found (true) or written (false).
+fn marker_line(vm: &TestVm) -> (String, bool) {
+    let rest = service_line(vm, "marker", "marker ");
+    let found = rest.starts_with("found");
+    let marker = rest.split_once(": ").map(|(_, marker)| marker.trim().to_string()).unwrap_or_default();
+    assert!(marker.starts_with(MARKER_PREFIX), "unexpected marker line {rest:?}");
+    (marker, found)
 }
 
 fn raw_size(image: &Path) -> u64 {
@@ -106,7 +116,7 @@ fn data_volume_lifecycle() {
 
     // First boot: provisioning.
     let mut vm = start(test, &config);
-    let (marker, found) = marker_line(&mut vm);
+    let (marker, found) = marker_line(&vm);
     assert!(!found, "a fresh disk already had a marker");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let first = storage(&vm);
@@ -120,7 +130,7 @@ fn data_volume_lifecycle() {
     for flag in ["nodev", "nosuid", "noexec"] {
         assert!(options.split(',').any(|option| option == flag), "/data mounted with {options}, without {flag}");
     }
-    assert!(vm.console().contains("marker: exec on data: refused"), "a program ran from /data");
+    assert_eq!(service_line(&vm, "marker", "exec on data: "), "refused", "a program ran from /data");
     eprintln!("measured first boot: provisioning and unlock {} ms, cipher {:?}", first.unlock_ms.unwrap_or(0), first.cipher);
     let figures = first.throughput.expect("the test image measures throughput");
     let ratio = |encrypted: u64, raw: u64| encrypted as f64 / raw.max(1) as f64;
@@ -152,9 +162,11 @@ fn data_volume_lifecycle() {
     // was clean. Then the power is cut.
     config.keep_disk = true;
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&mut vm);
+    let (again, found) = marker_line(&vm);
     assert!(found && again == marker, "marker after reboot: {again:?} (found {found}), expected {marker:?}");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+    let boots = service_line(&vm, "marker", "boots in the persisted log: ");
+    assert_eq!(boots, "2", "the persisted log does not record both boots");
     let second = storage(&vm);
     assert!(!second.provisioned, "{second:?}");
     assert_eq!(second.unlocked_by.as_deref(), Some("tpm2"), "{second:?}");
@@ -166,7 +178,7 @@ fn data_volume_lifecycle() {
 
     // Third boot after the power cut: the journal is replayed, data intact.
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&mut vm);
+    let (again, found) = marker_line(&vm);
     assert!(found && again == marker, "marker after a power cut: {again:?}");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let third = storage(&vm);
@@ -177,16 +189,16 @@ fn data_volume_lifecycle() {
     // Fourth boot on a new TPM, as when the disk moves to another machine.
     std::fs::remove_dir_all(config.state_dir.join("tpm")).unwrap();
     let mut vm = start(test, &config);
-    vm.wait_for_console("Enter the recovery key of the data volume", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_prompt("Enter the recovery key of the data volume", BOOT_TIMEOUT).unwrap();
     vm.type_console(&format!("{}\n", "0".repeat(64))).unwrap();
     vm.wait_for_console("That key does not unlock the data volume", Duration::from_secs(120)).unwrap();
-    vm.wait_for_console("Enter the recovery key of the data volume", Duration::from_secs(30)).unwrap();
+    vm.wait_for_prompt("Enter the recovery key of the data volume", Duration::from_secs(30)).unwrap();
     vm.type_console(&format!("{}\n", recovery_key.to_uppercase())).unwrap();
     vm.wait_for_console("Recovery key accepted", Duration::from_secs(120)).unwrap();
-    vm.wait_for_console("Seal the data volume's key to this machine's TPM", Duration::from_secs(30)).unwrap();
+    vm.wait_for_prompt("Seal the data volume's key to this machine's TPM", Duration::from_secs(30)).unwrap();
     vm.type_console("y\n").unwrap();
     vm.wait_for_console("The key is sealed to this TPM", Duration::from_secs(120)).unwrap();
-    let (again, found) = marker_line(&mut vm);
+    let (again, found) = marker_line(&vm);
     assert!(found && again == marker, "marker after recovery: {again:?}");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let fourth = storage(&vm);
@@ -198,7 +210,7 @@ fn data_volume_lifecycle() {
 
     // Fifth boot: the new TPM unlocks by itself.
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&mut vm);
+    let (again, found) = marker_line(&vm);
     assert!(found && again == marker, "marker after re-sealing: {again:?}");
     let fifth = storage(&vm);
     assert_eq!(fifth.unlocked_by.as_deref(), Some("tpm2"), "{fifth:?}");
@@ -228,7 +240,7 @@ fn power_cut_during_provisioning() {
         config.keep_disk = true;
     }
     let mut vm = start(test, &config);
-    let (_, found) = marker_line(&mut vm);
+    let (_, found) = marker_line(&vm);
     assert!(!found, "a marker exists on a volume that never finished provisioning");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let status = storage(&vm);
@@ -269,7 +281,7 @@ fn key_file_without_tpm() {
     config.tpm = false;
     config.extra_drives = vec![media.clone()];
     let mut vm = start(test, &config);
-    let (marker, found) = marker_line(&mut vm);
+    let (marker, found) = marker_line(&vm);
     assert!(!found);
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let first = storage(&vm);
@@ -280,7 +292,7 @@ fn key_file_without_tpm() {
 
     config.keep_disk = true;
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&mut vm);
+    let (again, found) = marker_line(&vm);
     assert!(found && again == marker, "marker after reboot with the key: {again:?}");
     assert_eq!(storage(&vm).unlocked_by.as_deref(), Some("key-file"));
     vm.power_down(Duration::from_secs(90)).expect("clean power-off");
@@ -288,7 +300,7 @@ fn key_file_without_tpm() {
 
     config.extra_drives.clear();
     let mut vm = start(test, &config);
-    vm.wait_for_console("Enter the recovery key of the data volume", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_prompt("Enter the recovery key of the data volume", BOOT_TIMEOUT).unwrap();
     assert!(vm.console().contains("no removable media with the filesystem label \"ZTMSKEY\""));
     assert!(!output_of(&vm.console(), "marker").iter().any(|line| line.starts_with("marker")), "the service ran without /data");
     vm.kill();

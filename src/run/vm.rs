@@ -419,6 +419,17 @@ impl Vm {
     /// `pattern`, and returns it. Fails early on `ztms-init: boot failed`
     /// or when QEMU exits.
     pub fn wait_for_console(&mut self, pattern: &str, timeout: Duration) -> Result<String, VmError> {
+        self.wait_for_text(pattern, timeout, false)
+    }
+
+    /// Waits like [`wait_for_console`](Self::wait_for_console), but also
+    /// matches the last line before its newline arrives: a question that
+    /// waits for an answer on the same line.
+    pub fn wait_for_prompt(&mut self, pattern: &str, timeout: Duration) -> Result<String, VmError> {
+        self.wait_for_text(pattern, timeout, true)
+    }
+
+    fn wait_for_text(&mut self, pattern: &str, timeout: Duration, partial: bool) -> Result<String, VmError> {
         let regex = regex::Regex::new(pattern)
             .map_err(|e| VmError::Status(format!("invalid console pattern {pattern:?}: {e}")))?;
         let deadline = Instant::now() + timeout;
@@ -427,7 +438,7 @@ impl Vm {
             let fresh = &text[self.matched_up_to.min(text.len())..];
             let mut offset = self.matched_up_to;
             for line in fresh.split_inclusive('\n') {
-                if !line.ends_with('\n') {
+                if !line.ends_with('\n') && !partial {
                     break;
                 }
                 offset += line.len();
