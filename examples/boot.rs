@@ -1,10 +1,11 @@
-//! Boot benchmark: boots an image headless twice per run, the first boot
-//! (which provisions the data volume) and a second one on the same disk
-//! and TPM, and prints for each the time from QEMU start to the first
+//! Boot benchmark: boots an image headless twice per run. The first boot
+//! provisions the data volume, the second one unlocks it on the same disk
+//! and TPM. For each boot it prints the time from QEMU start to the first
 //! ztms-init line, to stage 2 and to "ready", the duration of each stage 2
-//! phase, ztms-init's resident memory, and ztms-init's own share of the
-//! time to ready: init start to ready minus the slowest service's time
-//! from `crun run` to healthy.
+//! phase, and ztms-init's resident memory. It also prints init's own share
+//! of the time to ready: init start to ready minus the slowest service's
+//! time from `crun run` to healthy, an estimate that ignores dependency
+//! chains.
 //!
 //! Run: cargo run --release --example boot -- out/test-boot.raw [RUNS]
 //! (ZTMS_ACCEL=tcg or kvm to force the accelerator).
@@ -43,6 +44,7 @@ fn measure(vm: &mut Vm, run: usize, boot: &str) {
     let stage2 = vm.started.elapsed();
     let line = vm.wait_for_console("^ztms-init: ready:", timeout).expect("ready");
     let ready = vm.started.elapsed();
+
     let init_to_ready: u64 = line
         .split(" in ")
         .nth(1)
@@ -52,6 +54,7 @@ fn measure(vm: &mut Vm, run: usize, boot: &str) {
     // The services report their container facts a moment after they start.
     std::thread::sleep(Duration::from_secs(3));
     let status = vm.status(Duration::from_secs(10)).ok();
+
     let rss = status.as_ref().map(|s| s.init_rss_kib).unwrap_or(0);
     let slowest_service = status
         .iter()

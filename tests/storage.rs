@@ -12,7 +12,7 @@ use harness::{fresh_config, image, output_of, scratch, start, TestVm, BOOT_TIMEO
 use ztms::build::layout::{TYPE_DATA_UNPROVISIONED, TYPE_LUKS};
 use ztms::status::StorageStatus;
 
-/// Bytes every marker starts with; the image holds it nowhere.
+/// Prefix of every marker; the image contains it nowhere.
 const MARKER_PREFIX: &str = "ztms-STORAGE-MARKER-";
 /// Extra virtual disk space the first boot grows the data partition into.
 const GROWTH: u64 = 64 << 20;
@@ -48,6 +48,13 @@ fn marker_line(vm: &TestVm) -> (String, bool) {
     let marker = rest.split_once(": ").map(|(_, marker)| marker.trim().to_string()).unwrap_or_default();
     assert!(marker.starts_with(MARKER_PREFIX), "unexpected marker line {rest:?}");
     (marker, found)
+}
+
+/// Checks that the marker service found `marker` on this boot.
+fn expect_marker(vm: &TestVm, marker: &str, when: &str) {
+    let (found_marker, found) = marker_line(vm);
+    assert!(found, "{when}: the marker service wrote a new marker");
+    assert_eq!(found_marker, marker, "{when}: another marker");
 }
 
 fn raw_size(image: &Path) -> u64 {
@@ -104,9 +111,9 @@ fn region_scan_finds_a_marker_across_chunks() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// First boot provisions; the data survives a clean power-off and a power
-/// cut; the raw disk shows no plaintext; a new TPM needs the recovery
-/// key, after which the key is re-sealed to the new TPM.
+/// Boots one disk five times. The first boot provisions, and the data
+/// survives a clean power-off and a power cut. The raw disk shows no
+/// plaintext. A new TPM needs the recovery key, then the key is re-sealed.
 #[test]
 fn data_volume_lifecycle() {
     let test = "data_volume_lifecycle";
@@ -121,7 +128,8 @@ fn data_volume_lifecycle() {
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let first = storage(&vm);
     assert_eq!(first.state, "unlocked", "{first:?}");
-    assert!(first.provisioned && !first.resumed, "{first:?}");
+    assert!(first.provisioned, "{first:?}");
+    assert!(!first.resumed, "{first:?}");
     assert_eq!(first.unlocked_by.as_deref(), Some("tpm2"), "{first:?}");
     assert!(first.grown_bytes >= GROWTH - (2 << 20), "the partition grew by {} bytes only", first.grown_bytes);
     let recovery_key = first.recovery_key.clone().expect("the first boot shows the recovery key");
@@ -144,7 +152,8 @@ fn data_volume_lifecycle() {
         figures.encrypted_read_kib_s,
         ratio(figures.encrypted_read_kib_s, figures.raw_read_kib_s)
     );
-    assert!(figures.encrypted_write_kib_s > 0 && figures.encrypted_read_kib_s > 0, "{figures:?}");
+    assert!(figures.encrypted_write_kib_s > 0, "{figures:?}");
+    assert!(figures.encrypted_read_kib_s > 0, "{figures:?}");
     vm.power_down(Duration::from_secs(90)).expect("clean power-off");
 
     // The raw disk: the partition is marked provisioned, and the marker is
@@ -162,8 +171,7 @@ fn data_volume_lifecycle() {
     // was clean. Then the power is cut.
     config.keep_disk = true;
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&vm);
-    assert!(found && again == marker, "marker after reboot: {again:?} (found {found}), expected {marker:?}");
+    expect_marker(&vm, &marker, "marker after reboot");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let boots = service_line(&vm, "marker", "boots in the persisted log: ");
     assert_eq!(boots, "2", "the persisted log does not record both boots");
@@ -178,8 +186,7 @@ fn data_volume_lifecycle() {
 
     // Third boot after the power cut: the journal is replayed, data intact.
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&vm);
-    assert!(found && again == marker, "marker after a power cut: {again:?}");
+    expect_marker(&vm, &marker, "marker after a power cut");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let third = storage(&vm);
     assert_eq!(third.clean_at_boot, Some(false), "a power cut left a clean filesystem? {third:?}");
@@ -198,20 +205,19 @@ fn data_volume_lifecycle() {
     vm.wait_for_prompt("Seal the data volume's key to this machine's TPM", Duration::from_secs(30)).unwrap();
     vm.type_console("y\n").unwrap();
     vm.wait_for_console("The key is sealed to this TPM", Duration::from_secs(120)).unwrap();
-    let (again, found) = marker_line(&vm);
-    assert!(found && again == marker, "marker after recovery: {again:?}");
+    expect_marker(&vm, &marker, "marker after recovery");
     vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let fourth = storage(&vm);
     assert_eq!(fourth.unlocked_by.as_deref(), Some("recovery-key"), "{fourth:?}");
-    assert!(fourth.resealed && fourth.tpm_error.is_some(), "{fourth:?}");
+    assert!(fourth.resealed, "{fourth:?}");
+    assert!(fourth.tpm_error.is_some(), "{fourth:?}");
     assert!(!vm.console().contains(&recovery_key.to_uppercase()), "the typed recovery key was echoed");
     vm.power_down(Duration::from_secs(90)).expect("clean power-off");
     drop(vm);
 
     // Fifth boot: the new TPM unlocks by itself.
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&vm);
-    assert!(found && again == marker, "marker after re-sealing: {again:?}");
+    expect_marker(&vm, &marker, "marker after re-sealing");
     let fifth = storage(&vm);
     assert_eq!(fifth.unlocked_by.as_deref(), Some("tpm2"), "{fifth:?}");
     assert!(!vm.console().contains("Enter the recovery key"), "asked for the recovery key after re-sealing");
@@ -239,6 +245,7 @@ fn power_cut_during_provisioning() {
         eprintln!("power cut at step {step}: data partition type {part_type}");
         config.keep_disk = true;
     }
+
     let mut vm = start(test, &config);
     let (_, found) = marker_line(&vm);
     assert!(!found, "a marker exists on a volume that never finished provisioning");
@@ -248,6 +255,7 @@ fn power_cut_during_provisioning() {
     assert!(status.provisioned, "{status:?}");
     assert!(vm.console().contains("an earlier first boot stopped before the data volume was complete"));
     vm.power_down(Duration::from_secs(90)).expect("clean power-off");
+
     let raw = scratch().join("storage-cut.raw");
     vm.read_disk_raw(&raw).unwrap();
     assert_eq!(gpt_entry(&raw, 3).0, TYPE_LUKS);
@@ -292,8 +300,7 @@ fn key_file_without_tpm() {
 
     config.keep_disk = true;
     let mut vm = start(test, &config);
-    let (again, found) = marker_line(&vm);
-    assert!(found && again == marker, "marker after reboot with the key: {again:?}");
+    expect_marker(&vm, &marker, "marker after reboot with the key");
     assert_eq!(storage(&vm).unlocked_by.as_deref(), Some("key-file"));
     vm.power_down(Duration::from_secs(90)).expect("clean power-off");
     drop(vm);

@@ -90,8 +90,8 @@ impl<'a> Run<'a> {
             .map_err(|error| format!("starting {program} failed: {error}"))?;
         drop(extra);
         if let (Some(mut pipe), Some(data)) = (child.stdin.take(), self.stdin) {
-            // A program that exits early closes its input; its exit status
-            // and standard error below say why.
+            // A program that exits early closes its input, and its exit
+            // status and standard error below give the reason.
             let _ = pipe.write_all(data);
         }
         let output = child.wait_with_output().map_err(|error| format!("waiting for {program} failed: {error}"))?;
@@ -104,7 +104,7 @@ impl<'a> Run<'a> {
     }
 
     /// Runs the program and returns its exit code (None when a signal ended
-    /// it), for programs whose code carries the answer (blkid, e2fsck).
+    /// it), for programs that report through the code (blkid, e2fsck).
     pub fn code(mut self) -> Result<(Option<i32>, String), String> {
         let program = self.command.get_program().to_string_lossy().into_owned();
         let child = self
@@ -121,7 +121,7 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Returns the read end of a pipe that holds `data` and whose write end is
+/// Returns the read end of a pipe that contains `data` and whose write end is
 /// closed, so the reader sees `data` and then end of file.
 fn filled_pipe(data: &[u8]) -> std::io::Result<OwnedFd> {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;

@@ -2,7 +2,7 @@
 //! appended to `/data/logs/ztms.log` with a UTC time stamp, rotated by size.
 //!
 //! Lines logged before `/data` is mounted wait in a bounded buffer and are
-//! written first, so the file holds each boot from its start.
+//! written first, so the file contains each boot from its start.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -54,6 +54,13 @@ impl LogFile {
         }
         self.early_bytes = 0;
         Ok(())
+    }
+
+    /// Writes the file's data to the disk.
+    pub fn sync(&mut self) {
+        if let Some(file) = self.file.as_ref() {
+            let _ = file.sync_data();
+        }
     }
 
     /// Syncs and closes the file; later lines are buffered again.

@@ -179,6 +179,10 @@ impl log::Log for Logger {
         }
         if let Some(persisted) = sinks.persisted.as_mut() {
             persisted.write(&line);
+            // A warning or an error may be the last line before a power cut.
+            if record.level() <= log::Level::Warn {
+                persisted.sync();
+            }
         }
     }
 

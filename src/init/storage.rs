@@ -35,8 +35,9 @@ use crate::status::{StorageStatus, Throughput};
 
 /// Device-mapper name of the opened volume.
 pub const MAPPER_NAME: &str = "ztms-data";
-/// Kernel modules of the volume and its filesystem; the cipher adds its own.
-const MODULES: &[&str] = &["dm_crypt", "algif_skcipher", "ext4"];
+/// Kernel modules of the volume and its filesystem, and `nls_utf8` for the
+/// FAT key media (Debian's default FAT iocharset). The cipher adds its own.
+const MODULES: &[&str] = &["dm_crypt", "algif_skcipher", "ext4", "nls_utf8"];
 /// How long to wait for the data partition and for removable key media.
 const DEVICE_WAIT: Duration = Duration::from_secs(15);
 /// Steps of provisioning, for the progress lines.
@@ -368,11 +369,15 @@ fn read_key_file(key_file: Option<&KeyFile>) -> Result<Vec<u8>, String> {
     let mount_point = Path::new("/run/ztms/keymedia");
     std::fs::create_dir_all(mount_point).map_err(|e| format!("creating {} failed: {e}", mount_point.display()))?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    let mounted = ["vfat", "ext4"]
-        .iter()
-        .any(|fstype| mount(Some(media.as_str()), mount_point, Some(*fstype), flags, None::<&str>).is_ok());
-    if !mounted {
-        return Err(format!("cannot mount the key media {media} (FAT or ext4) read-only"));
+    let mut errors = Vec::new();
+    for fstype in ["vfat", "ext4"] {
+        match mount(Some(media.as_str()), mount_point, Some(fstype), flags, None::<&str>) {
+            Ok(()) => break,
+            Err(error) => errors.push(format!("{fstype}: {error}")),
+        }
+    }
+    if errors.len() == 2 {
+        return Err(format!("mounting the key media {media} read-only failed ({})", errors.join(", ")));
     }
     let path = mount_point.join(&key_file.path);
     let key = std::fs::read(&path);

@@ -6,7 +6,7 @@ use crate::init::command::Run;
 
 const CRYPTSETUP: &str = "cryptsetup";
 
-/// How a keyslot derives its key from the secret.
+/// Key derivation function of a keyslot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kdf {
     /// For secrets a person types or keeps (the recovery key, a key file):

@@ -53,7 +53,8 @@ impl Console {
         line?.ok_or_else(|| "no answer on the console".to_string())
     }
 
-    /// Asks a yes/no `question`; no answer within `timeout` means no.
+    /// Asks a yes/no `question`, and returns false when no reply comes within
+    /// `timeout`.
     pub fn ask_yes(&mut self, question: &str, timeout: Duration) -> bool {
         self.say(question);
         match self.read_line(Some(timeout)) {

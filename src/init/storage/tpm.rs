@@ -64,9 +64,9 @@ fn create_primary(work: &WorkDir) -> Result<String, String> {
     tool("tpm2_createprimary")
         .args(["-Q", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-c", &context])
         .output()?;
-    // The key's name identifies the TPM's storage seed: when unsealing
-    // fails, comparing it with the one logged at sealing tells a different
-    // TPM from changed PCRs.
+    // The key's name identifies the TPM's storage seed. When unsealing
+    // fails, a name that differs from the one logged at sealing points to
+    // another TPM rather than changed PCRs.
     match tool("tpm2_readpublic").args(["-c", &context]).output() {
         Ok(text) => {
             let text = String::from_utf8_lossy(&text);
