@@ -35,9 +35,10 @@ use crate::status::{StorageStatus, Throughput};
 
 /// Device-mapper name of the opened volume.
 pub const MAPPER_NAME: &str = "ztms-data";
-/// Kernel modules of the volume and its filesystem, and `nls_utf8` for the
-/// FAT key media (Debian's default FAT iocharset). The cipher adds its own.
-const MODULES: &[&str] = &["dm_crypt", "algif_skcipher", "ext4", "nls_utf8"];
+/// Kernel modules of the volume and its filesystem, and `nls_ascii` for the
+/// FAT key media (Debian's kernel mounts FAT with iocharset=ascii). The
+/// cipher adds its own.
+const MODULES: &[&str] = &["dm_crypt", "algif_skcipher", "ext4", "nls_ascii"];
 /// How long to wait for the data partition and for removable key media.
 const DEVICE_WAIT: Duration = Duration::from_secs(15);
 /// Steps of provisioning, for the progress lines.
