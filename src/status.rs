@@ -43,6 +43,26 @@ pub struct Status {
     /// Resident memory of ztms-init in KiB (VmRSS).
     #[serde(default)]
     pub init_rss_kib: u64,
+    /// WireGuard interfaces configured by the network phase.
+    #[serde(default)]
+    pub wireguard: Vec<WireguardStatus>,
+}
+
+/// One WireGuard interface of the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardStatus {
+    /// `wg-remote` or `wg-vpn`.
+    pub interface: String,
+    /// The appliance's public key in base64: give it to remote-access peers,
+    /// or register it with the VPN provider. `None` when the key could not
+    /// be read or generated.
+    pub public_key: Option<String>,
+    /// UDP port on the uplink; `None` for `wg-vpn`, whose port the kernel picks.
+    pub listen_port: Option<u16>,
+    /// Names of the configured peers.
+    pub peers: Vec<String>,
+    /// Why the interface is not (fully) configured.
+    pub error: Option<String>,
 }
 
 /// Progress of one boot phase.
@@ -256,6 +276,13 @@ mod tests {
             uptime_ms: 1234,
             zombies: 0,
             init_rss_kib: 0,
+            wireguard: vec![WireguardStatus {
+                interface: "wg-remote".into(),
+                public_key: Some("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into()),
+                listen_port: Some(51820),
+                peers: vec!["laptop".into()],
+                error: None,
+            }],
         }
     }
 
@@ -341,4 +368,54 @@ pub enum ProbeOutcome {
     Unreachable,
     /// The probe could not run, for example a bind to the source failed.
     Failed,
+}
+
+/// Request that cuts a service off every network: `isolate SERVICE`.
+pub const ISOLATE_REQUEST: &str = "isolate";
+/// Request that lifts an isolation: `release SERVICE`.
+pub const RELEASE_REQUEST: &str = "release";
+
+/// Reply to an isolate or release request: the state after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolateReply {
+    pub service: String,
+    pub address: std::net::Ipv4Addr,
+    /// True while the service's address is in the firewall's isolated set.
+    pub isolated: bool,
+}
+
+/// Sends an isolate request (or a release request when `undo` is set) to the
+/// status socket at `path`: the appliance's unix socket, or a VM's
+/// virtio-serial socket. Reply lines of other requests that are still in
+/// flight on a serial port are skipped.
+pub fn isolate_unix(path: &Path, service: &str, undo: bool) -> Result<IsolateReply, QueryError> {
+    let io_error = |source| QueryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(io_error)?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(io_error)?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io_error)?;
+    let verb = if undo { RELEASE_REQUEST } else { ISOLATE_REQUEST };
+    stream.write_all(format!("{verb} {service}\n").as_bytes()).map_err(io_error)?;
+
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_err(io_error)? == 0 {
+            return Err(QueryError::NoReply { path: path.to_path_buf() });
+        }
+        if let Ok(reply) = serde_json::from_str::<IsolateReply>(&line) {
+            if reply.service == service {
+                return Ok(reply);
+            }
+            continue;
+        }
+        if let Ok(error) = serde_json::from_str::<ErrorReply>(&line) {
+            return Err(QueryError::Rejected {
+                path: path.to_path_buf(),
+                message: error.error,
+            });
+        }
+    }
 }

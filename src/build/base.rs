@@ -72,6 +72,10 @@ impl Base {
 /// `nft` with JSON input (nftables) and `udhcpc` for a DHCP uplink (busybox).
 pub const NETWORK_PACKAGES: &[&str] = &["busybox", "iproute2", "nftables"];
 
+/// Debian package of `wg`, which configures the WireGuard interfaces; only
+/// definitions with remote-access peers or a `[vpn]` table get it.
+pub const WIREGUARD_PACKAGE: &str = "wireguard-tools";
+
 /// Returns every package the tree gets: the network tools, the base list
 /// and each service's.
 pub fn package_list(loaded: &Loaded) -> Vec<String> {
@@ -80,6 +84,9 @@ pub fn package_list(loaded: &Loaded) -> Vec<String> {
     packages.extend(definition.base.packages.iter().cloned());
     for service in &definition.services {
         packages.extend(service.packages.iter().cloned());
+    }
+    if !definition.wireguard.peers.is_empty() || definition.vpn.is_some() {
+        packages.insert(WIREGUARD_PACKAGE.to_string());
     }
     // ztms-init runs every service with crun.
     if !definition.services.is_empty() {
@@ -345,5 +352,20 @@ mod tests {
         let text = "Package: a\nStatus: install ok installed\nVersion: 1.0\n\nPackage: b\nStatus: deinstall ok config-files\nVersion: 2\n";
         let packages = parse_dpkg_status(text);
         assert_eq!(packages, [Package { name: "a".into(), version: "1.0".into() }]);
+    }
+
+    fn packages_of(text: &str) -> Vec<String> {
+        let loaded = crate::config::parse(Path::new("t.toml"), text.to_string()).expect("valid definition");
+        package_list(&loaded)
+    }
+
+    #[test]
+    fn wireguard_tools_only_with_wireguard() {
+        let plain = "[image]\nname = \"t\"\nversion = \"1\"\n";
+        assert!(!packages_of(plain).contains(&WIREGUARD_PACKAGE.to_string()));
+        let remote = format!(
+            "{plain}[[wireguard.peer]]\nname = \"phone\"\npublic_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n"
+        );
+        assert!(packages_of(&remote).contains(&WIREGUARD_PACKAGE.to_string()));
     }
 }

@@ -478,6 +478,7 @@ impl Init {
             uptime_ms: boottime_ms(),
             zombies: count_zombies(),
             init_rss_kib: own_rss_kib(),
+            wireguard: network::wireguard::statuses(),
         }
     }
 }
