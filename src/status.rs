@@ -334,7 +334,7 @@ mod tests {
 
 /// Request prefix of a connection probe, served by test images with
 /// `[debug] probe = true`:
-/// `probe SERVICE tcp|udp IPV4 PORT [source IPV4]`.
+/// `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read]`.
 pub const PROBE_REQUEST: &str = "probe";
 
 /// Result of one connection probe made from inside a service's network
@@ -351,6 +351,9 @@ pub struct ProbeReply {
     /// The OS error behind `refused`, `unreachable` and `failed`.
     pub detail: Option<String>,
     pub elapsed_ms: u64,
+    /// Bytes received by a `read` probe, which reads until the peer closes.
+    #[serde(default)]
+    pub bytes: Option<u64>,
 }
 
 /// Observed result of a probe.

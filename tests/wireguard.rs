@@ -1,0 +1,229 @@
+//! QEMU tests of WireGuard between two appliances on one virtual LAN:
+//! `test-wg` and `test-wg-peer`, each the other's remote-access peer and
+//! VPN provider (see the comments in both definitions).
+//!
+//! What each side may reach is computed from the definitions' network
+//! plans, not listed here. The run checks, in order: the kill switch while
+//! the VPN endpoint is down at boot; the peer's matrix through wg-remote;
+//! transfers of several megabytes both ways (MTU and MSS clamping); the
+//! tunnel going down and up without a service restart; and `isolate`.
+//! It prints the WireGuard throughput of both transfers.
+
+mod harness;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use harness::{boot_on_lan, free_port, image, probe, transfer, ProbeRequest, TestVm, BOOT_TIMEOUT};
+use ztms::config::Proto;
+use ztms::net::wireguard::{key, REMOTE_INTERFACE, VPN_INTERFACE};
+use ztms::net::NetworkPlan;
+use ztms::run::vm::LanLink;
+use ztms::status::{ProbeOutcome, ProbeReply};
+
+/// Bytes that the `bulk` and `mirror` services send per connection.
+const TRANSFER_BYTES: u64 = 8 << 20;
+/// Time allowed for a WireGuard handshake to complete and a probe through
+/// the tunnel to connect, under TCG.
+const TUNNEL_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn plan_of(name: &str) -> (ztms::config::Definition, NetworkPlan) {
+    let path = harness::repo().join("images").join(format!("{name}.toml"));
+    let loaded = ztms::config::load(&path).unwrap_or_else(|e| panic!("load {name}.toml: {e}"));
+    let plan = NetworkPlan::from_definition(&loaded.definition).unwrap_or_else(|e| panic!("network plan of {name}: {e}"));
+    (loaded.definition, plan)
+}
+
+/// Returns the public key of a test key file in overlays/test-wg.
+fn test_public_key(file: &str) -> String {
+    let path = harness::repo().join("overlays/test-wg/usr/share/ztms-test/wireguard").join(file);
+    let private = key::decode(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    key::encode(&key::public_key(&private))
+}
+
+fn tcp(service: &str, address: Ipv4Addr, port: u16) -> ProbeRequest {
+    ProbeRequest { service: service.into(), udp: false, address, port, source: None }
+}
+
+fn reached(reply: &ProbeReply) -> bool {
+    matches!(reply.outcome, ProbeOutcome::Connected | ProbeOutcome::Refused)
+}
+
+/// Probes `request` until it connects or `timeout` passes, because the
+/// first packets wait for a WireGuard handshake; returns the last reply.
+fn probe_until_connected(vm: &TestVm, request: &ProbeRequest, timeout: Duration) -> ProbeReply {
+    let started = Instant::now();
+    loop {
+        let reply = probe(vm, std::slice::from_ref(request)).remove(0);
+        if reply.outcome == ProbeOutcome::Connected || started.elapsed() > timeout {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Runs a transfer, retrying while the connection is refused: the
+/// streaming services listen again only after their previous connection
+/// ended.
+fn transfer_when_listening(vm: &TestVm, service: &str, address: Ipv4Addr, port: u16) -> ProbeReply {
+    for _ in 0..10 {
+        let reply = transfer(vm, service, address, port);
+        if reply.outcome != ProbeOutcome::Refused {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    transfer(vm, service, address, port)
+}
+
+fn megabytes_per_second(reply: &ProbeReply) -> f64 {
+    reply.bytes.unwrap_or(0) as f64 / (1 << 20) as f64 / (reply.elapsed_ms.max(1) as f64 / 1000.0)
+}
+
+/// Returns the process id and restart count of `service`.
+fn service_run(vm: &TestVm, service: &str) -> (Option<i32>, u32) {
+    let status = vm.status(Duration::from_secs(10)).expect("status of the VM");
+    let entry = status.services.iter().find(|s| s.name == service).unwrap_or_else(|| panic!("no service {service}"));
+    (entry.pid, entry.restarts)
+}
+
+#[test]
+fn wireguard_between_two_appliances() {
+    let (_, appliance) = plan_of("test-wg");
+    let (_, peer) = plan_of("test-wg-peer");
+    let appliance_image = image("test-wg");
+    let peer_image = image("test-wg-peer");
+
+    let remote = appliance.remote.as_ref().expect("test-wg has remote access");
+    let peer_address = remote.peers.iter().find(|(name, _)| name == "peer-vm").expect("peer-vm").1;
+    let mirror = peer.service("mirror").expect("mirror service").clone();
+    let lan_port = free_port();
+
+    // The appliance boots alone: its VPN endpoint (the peer VM) is down.
+    let mut vm = boot_on_lan("wireguard_appliance", &appliance_image, LanLink { port: lan_port, listen: true, mac_suffix: 10 });
+    vm.wait_for_console("(?m)^ztms-init: WireGuard wg-vpn: up", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+
+    let status = vm.status(Duration::from_secs(10)).unwrap();
+    let keys: Vec<(String, Option<String>)> =
+        status.wireguard.iter().map(|w| (w.interface.clone(), w.public_key.clone())).collect();
+    assert_eq!(
+        keys,
+        [
+            (REMOTE_INTERFACE.to_string(), Some(test_public_key("appliance-remote.key"))),
+            (VPN_INTERFACE.to_string(), Some(test_public_key("appliance-vpn.key"))),
+        ],
+        "status shows the public keys of both interfaces"
+    );
+
+    // Kill switch while the endpoint is unreachable: the download service
+    // reaches neither the far side of the tunnel nor anything on the LAN.
+    let endpoint_down = [
+        tcp("download", mirror.address, 9000),
+        tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000),
+        tcp("download", Ipv4Addr::new(192, 168, 77, 1), 80),
+    ];
+    for reply in probe(&vm, &endpoint_down) {
+        assert!(!reached(&reply), "download reached {}:{} with the VPN endpoint down: {reply:?}", reply.address, reply.port);
+    }
+
+    let mut peer_vm = boot_on_lan("wireguard_peer", &peer_image, LanLink { port: lan_port, listen: false, mac_suffix: 20 });
+    peer_vm.wait_for_console("(?m)^ztms-init: WireGuard wg-vpn: up", BOOT_TIMEOUT).unwrap();
+    peer_vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+
+    // The peer's matrix: from the peer VM's egress=vpn service, whose
+    // traffic enters wg-remote as the peer's address, every declared port
+    // of every appliance service, and the appliance's own tunnel address.
+    let allowed_flow = appliance.flows.iter().find(|flow| flow.source == peer_address).expect("peer-vm has a flow");
+    let warm_up = probe_until_connected(&peer_vm, &tcp("client", allowed_flow.to.address, allowed_flow.to.port), TUNNEL_TIMEOUT);
+    assert_eq!(warm_up.outcome, ProbeOutcome::Connected, "first connection through the tunnel: {warm_up:?}");
+
+    let (definition, _) = plan_of("test-wg");
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for service in &definition.services {
+        let address = appliance.service(service.name.get_ref()).unwrap().address;
+        for port in &service.ports {
+            assert_eq!(port.proto, Proto::Tcp, "the test-wg matrix probes TCP ports only");
+            requests.push(tcp("client", address, port.port));
+            expected.push(appliance.flows.iter().any(|flow| {
+                flow.source == peer_address && flow.to.address == address && flow.to.port == port.port && flow.to.proto == Proto::Tcp
+            }));
+        }
+    }
+    for port in [22, 80, 443] {
+        requests.push(tcp("client", remote.subnet.gateway(), port));
+        expected.push(false);
+    }
+    let replies = probe(&peer_vm, &requests);
+    let mut wrong = Vec::new();
+    for ((request, reply), allowed) in requests.iter().zip(&replies).zip(&expected) {
+        let correct = if *allowed { reached(reply) } else { reply.outcome == ProbeOutcome::Timeout };
+        if !correct {
+            wrong.push(format!(
+                "peer -> {}:{}: expected {}, got {:?} ({:?})",
+                request.address,
+                request.port,
+                if *allowed { "reached" } else { "dropped" },
+                reply.outcome,
+                reply.detail
+            ));
+        }
+    }
+    let allowed_count = expected.iter().filter(|allowed| **allowed).count();
+    eprintln!("peer matrix: {} probes, {allowed_count} allowed", requests.len());
+    assert!(wrong.is_empty(), "peer matrix cells wrong:\n{}", wrong.join("\n"));
+
+    // Several megabytes through wg-remote (MTU 1420 behind 1500-byte links).
+    let bulk = appliance.service("bulk").expect("bulk service").address;
+    let remote_transfer = transfer_when_listening(&peer_vm, "client", bulk, 9000);
+    assert_eq!(remote_transfer.bytes, Some(TRANSFER_BYTES), "transfer through wg-remote: {remote_transfer:?}");
+    eprintln!(
+        "wireguard throughput, peer to appliance over wg-remote: {} bytes in {} ms, {:.2} MiB/s",
+        TRANSFER_BYTES,
+        remote_transfer.elapsed_ms,
+        megabytes_per_second(&remote_transfer)
+    );
+
+    // The VPN direction: the download service through wg-vpn.
+    let through_vpn = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
+    assert_eq!(through_vpn.outcome, ProbeOutcome::Connected, "download through the tunnel: {through_vpn:?}");
+    let vpn_transfer = transfer_when_listening(&vm, "download", mirror.address, 9000);
+    assert_eq!(vpn_transfer.bytes, Some(TRANSFER_BYTES), "transfer through wg-vpn: {vpn_transfer:?}");
+    eprintln!(
+        "wireguard throughput, appliance to provider over wg-vpn: {} bytes in {} ms, {:.2} MiB/s",
+        TRANSFER_BYTES,
+        vpn_transfer.elapsed_ms,
+        megabytes_per_second(&vpn_transfer)
+    );
+    let leak = probe(&vm, &[tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000)]).remove(0);
+    assert!(!reached(&leak), "download reached the provider's LAN address outside the tunnel: {leak:?}");
+
+    // The tunnel goes down (the LAN cable is pulled) and comes back; the
+    // download service gets its connectivity back with the same process.
+    let before = service_run(&vm, "download");
+    vm.monitor("set_link lan0 off").unwrap();
+    let down = probe(&vm, &[tcp("download", mirror.address, 9000)]).remove(0);
+    assert!(!reached(&down), "download reached the mirror with the tunnel down: {down:?}");
+    vm.monitor("set_link lan0 on").unwrap();
+    let back = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
+    assert_eq!(back.outcome, ProbeOutcome::Connected, "download after the tunnel came back: {back:?}");
+    assert_eq!(service_run(&vm, "download"), before, "the download service was not restarted");
+
+    // Incident containment: the isolated service drops the peer's
+    // connections, and the undo restores them.
+    let web = appliance.service("web").expect("web service").address;
+    let isolated = ztms::status::isolate_unix(&vm.paths.status, "web", false).expect("isolate web");
+    assert!(isolated.isolated, "{isolated:?}");
+    let cut = probe(&peer_vm, &[tcp("client", web, 8080)]).remove(0);
+    assert_eq!(cut.outcome, ProbeOutcome::Timeout, "peer to isolated web: {cut:?}");
+    let released = ztms::status::isolate_unix(&vm.paths.status, "web", true).expect("release web");
+    assert!(!released.isolated, "{released:?}");
+    let restored = probe(&peer_vm, &[tcp("client", web, 8080)]).remove(0);
+    assert_eq!(restored.outcome, ProbeOutcome::Connected, "peer to released web: {restored:?}");
+    vm.wait_for_console("(?m)service web .* isolated from every network", Duration::from_secs(10)).unwrap();
+    vm.wait_for_console("(?m)service web .* released from isolation", Duration::from_secs(10)).unwrap();
+
+    peer_vm.kill();
+    vm.kill();
+}
