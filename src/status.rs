@@ -4,6 +4,9 @@
 //! server replies with one line of JSON, a [`Status`] or an
 //! `{"error": "..."}` object. The unix socket serves one request per
 //! connection; the virtio-serial port serves any number of requests.
+//! Besides `status`, the server takes `isolate SERVICE` and `release
+//! SERVICE` ([`isolate_unix`]), the only requests that change the
+//! appliance, and in test images `probe` requests.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -61,7 +64,7 @@ pub struct WireguardStatus {
     pub listen_port: Option<u16>,
     /// Names of the configured peers.
     pub peers: Vec<String>,
-    /// Why the interface is not (fully) configured.
+    /// Error that left the interface missing or partly configured.
     pub error: Option<String>,
 }
 
@@ -329,6 +332,46 @@ mod tests {
         let status = query_unix(&path).unwrap();
         server.join().unwrap();
         assert_eq!(status, sample());
+    }
+
+    /// Serves one connection that expects `request` and sends `lines`.
+    fn serve_once(path: &Path, request: &'static str, lines: &'static str) -> std::thread::JoinHandle<()> {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert_eq!(line, request);
+            let mut stream = stream;
+            stream.write_all(lines.as_bytes()).unwrap();
+        })
+    }
+
+    #[test]
+    fn isolate_skips_other_replies() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("status.sock");
+        let server = serve_once(
+            &path,
+            "isolate web\n",
+            "{\"service\":\"db\",\"proto\":\"tcp\",\"address\":\"10.80.5.2\",\"port\":1,\"source\":null,\"outcome\":\"timeout\",\"detail\":null,\"elapsed_ms\":1}\n\
+             {\"service\":\"web\",\"address\":\"10.80.1.33\",\"isolated\":true}\n",
+        );
+        let reply = isolate_unix(&path, "web", false).unwrap();
+        server.join().unwrap();
+        assert!(reply.isolated);
+        assert_eq!(reply.address, std::net::Ipv4Addr::new(10, 80, 1, 33));
+    }
+
+    #[test]
+    fn release_error_is_rejected() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("status.sock");
+        let server = serve_once(&path, "release nope\n", "{\"error\":\"service \\\"nope\\\" not found\"}\n");
+        let error = isolate_unix(&path, "nope", true).unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(error, QueryError::Rejected { .. }), "{error}");
     }
 }
 

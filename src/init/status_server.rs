@@ -1,6 +1,7 @@
-//! The read-only status API: a unix socket that serves one request per
-//! connection, and in test images a virtio-serial port that serves any
-//! number. Both are non-blocking and served from the main loop.
+//! The status API: a unix socket, readable by root only, that serves one
+//! request per connection, and in test images a virtio-serial port that
+//! serves any number. Both are non-blocking and served from the main loop.
+//! Every request reads state except `isolate` and `release`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};

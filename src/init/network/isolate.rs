@@ -1,8 +1,8 @@
-//! Incident containment at run time: `isolate SERVICE` adds the service's
-//! address to the ruleset's `isolated` set, which the first rules of every
-//! chain drop in both directions, open connections included; `release
-//! SERVICE` removes it. Both requests come through the status API and are
-//! logged.
+//! Incident containment at run time. `isolate SERVICE` adds the service's
+//! address to the ruleset's `isolated` set, whose packets the first rules of
+//! every chain drop in both directions, open connections included.
+//! `release SERVICE` removes it. Both requests come through the status API
+//! and are logged.
 //!
 //! The main loop's reaper collects every exited child with `waitpid(-1)`,
 //! so a request never waits for `nft`'s exit status: it reads `nft`'s

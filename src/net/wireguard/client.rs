@@ -13,7 +13,7 @@ use crate::net::NetworkPlan;
 /// phone's mobile network keeps its mapping open.
 pub const CLIENT_KEEPALIVE_SECS: u16 = 25;
 
-/// What `ztms wg peer` needs besides the definition.
+/// Input of `ztms wg peer` besides the definition.
 #[derive(Debug, Clone, Default)]
 pub struct ClientRequest<'a> {
     /// Peer name from `[[wireguard.peer]]`.
@@ -139,8 +139,8 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    /// Private key of the test peer "laptop"; the definition below holds its
-    /// public key.
+    /// Private key of the test peer "laptop", whose public key is in the
+    /// definition below.
     const LAPTOP_PRIVATE: [u8; 32] = [7; 32];
 
     fn definition() -> Definition {
