@@ -101,6 +101,19 @@ fn megabytes_per_second(reply: &ProbeReply) -> f64 {
     reply.bytes.unwrap_or(0) as f64 / (1 << 20) as f64 / (reply.elapsed_ms.max(1) as f64 / 1000.0)
 }
 
+/// Runs the `ztms` binary with `args` followed by the VM's status socket,
+/// in the repository, and returns its standard output; panics when it fails.
+fn ztms_command(args: &[&str], vm: &TestVm) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ztms"))
+        .args(args)
+        .arg(&vm.paths.status)
+        .current_dir(harness::repo())
+        .output()
+        .expect("run ztms");
+    assert!(output.status.success(), "ztms {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Returns the process id and restart count of `service`.
 fn service_run(vm: &TestVm, service: &str) -> (Option<i32>, u32) {
     let status = vm.status(Duration::from_secs(10)).expect("status of the VM");
@@ -220,15 +233,21 @@ fn wireguard_between_two_appliances() {
     assert_eq!(back.outcome, ProbeOutcome::Connected, "download after the tunnel came back: {back:?}");
     assert_eq!(service_run(&vm, "download"), before, "the download service was not restarted");
 
-    // Incident containment: the isolated service drops the peer's
-    // connections, and the undo restores them.
+    // The client configuration of the peer, with the appliance's public
+    // key read from its status.
+    let config = ztms_command(&["wg", "peer", "images/test-wg.toml", "peer-vm", "--no-qr", "--status"], &vm);
+    assert!(config.contains(&format!("PublicKey = {}\n", test_public_key("appliance-remote.key"))), "{config}");
+    assert!(config.contains(&format!("Address = {peer_address}/32\n")), "{config}");
+
+    // Incident containment with `ztms isolate`: the isolated service drops
+    // the peer's connections, and the undo restores them.
     let web = appliance.service("web").expect("web service").address;
-    let isolated = ztms::status::isolate_unix(&vm.paths.status, "web", false).expect("isolate web");
-    assert!(isolated.isolated, "{isolated:?}");
+    let isolated = ztms_command(&["isolate", "web", "--socket"], &vm);
+    assert!(isolated.contains("is isolated from every network"), "{isolated}");
     let cut = probe(&peer_vm, &[tcp("client", web, 8080)]).remove(0);
     assert_eq!(cut.outcome, ProbeOutcome::Timeout, "peer to isolated web: {cut:?}");
-    let released = ztms::status::isolate_unix(&vm.paths.status, "web", true).expect("release web");
-    assert!(!released.isolated, "{released:?}");
+    let released = ztms_command(&["isolate", "web", "--undo", "--socket"], &vm);
+    assert!(released.contains("is not isolated"), "{released}");
     let restored = probe(&peer_vm, &[tcp("client", web, 8080)]).remove(0);
     assert_eq!(restored.outcome, ProbeOutcome::Connected, "peer to released web: {restored:?}");
     vm.wait_for_console("(?m)service web .* isolated from every network", Duration::from_secs(10)).unwrap();

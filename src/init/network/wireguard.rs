@@ -136,6 +136,10 @@ fn create_device(device: &WireguardDevice) -> Result<(), String> {
 
 /// Routes the tunnel's allowed destinations into `wg-vpn` in the tunnel
 /// table, above its `unreachable default`.
+///
+/// NOTE: the kernel deletes these routes with the interface, and nothing
+/// re-creates `wg-vpn` at run time. If it is deleted, egress=vpn services
+/// reach nothing (the `unreachable default` remains) until the next boot.
 fn add_tunnel_routes(routing: &VpnRouting) -> Result<(), String> {
     let commands: String = routing
         .routes
