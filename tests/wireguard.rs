@@ -7,14 +7,15 @@
 //! VPN endpoint is down at boot, then the peer's matrix through wg-remote
 //! and transfers of several megabytes both ways (MTU and MSS clamping).
 //! Last come the tunnel going down and up without a service restart, and
-//! `isolate`.
+//! `isolate`. A capture of the appliance's LAN link over the whole run
+//! must contain WireGuard and ARP only.
 //! It prints the throughput through both tunnels, and between two
 //! segments of one appliance without a tunnel for comparison.
 
 mod harness;
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{boot_on_lan, free_port, image, probe, transfer, ProbeRequest, TestVm, BOOT_TIMEOUT};
 use ztms::config::Proto;
@@ -23,6 +24,10 @@ use ztms::net::NetworkPlan;
 use ztms::run::vm::LanLink;
 use ztms::status::{ProbeOutcome, ProbeReply};
 
+/// Last byte of the appliance VM's LAN MAC address.
+const APPLIANCE_MAC_SUFFIX: u8 = 10;
+/// UDP port of both VMs' wg-remote.
+const WIREGUARD_PORT: u16 = 51820;
 /// Bytes that the `bulk` and `mirror` services send per connection.
 const TRANSFER_BYTES: u64 = 8 << 20;
 /// Time allowed for a WireGuard handshake to complete and a probe through
@@ -114,6 +119,64 @@ fn ztms_command(args: &[&str], vm: &TestVm) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// What the appliance sent on the LAN, from a pcap capture.
+#[derive(Debug, Default)]
+struct Sent {
+    /// Frames before Linux started, sent by the firmware.
+    firmware: usize,
+    wireguard: usize,
+    arp: usize,
+    /// Descriptions of every other frame.
+    other: Vec<String>,
+}
+
+/// Reads a pcap file (microsecond format, Ethernet frames, as QEMU's
+/// filter-dump writes it) and sorts the frames whose source MAC ends in
+/// `mac_suffix`: from before `since` (Unix time), WireGuard (UDP from or
+/// to its port), ARP, and the rest. QEMU stamps frames with its start
+/// time plus the guest's virtual clock, which follows the host's clock
+/// under TCG closely enough for a boundary seconds away from any frame.
+fn frames_sent(pcap: &[u8], mac_suffix: u8, since: Duration) -> Sent {
+    assert!(pcap.len() >= 24, "capture shorter than a pcap header");
+    assert_eq!(&pcap[..4], &0xa1b2c3d4u32.to_le_bytes(), "little-endian pcap magic");
+    let mut sent = Sent::default();
+    let mut offset = 24;
+    while offset + 16 <= pcap.len() {
+        let seconds = u32::from_le_bytes(pcap[offset..offset + 4].try_into().unwrap());
+        let micros = u32::from_le_bytes(pcap[offset + 4..offset + 8].try_into().unwrap());
+        let stamp = Duration::from_secs(u64::from(seconds)) + Duration::from_micros(u64::from(micros));
+        let captured = u32::from_le_bytes(pcap[offset + 8..offset + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[offset + 16..(offset + 16 + captured).min(pcap.len())];
+        offset += 16 + captured;
+        if frame.len() < 14 || frame[6..12] != [0x52, 0x54, 0x00, 0x12, 0x35, mac_suffix] {
+            continue;
+        }
+        if stamp < since {
+            sent.firmware += 1;
+            continue;
+        }
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        let ip = &frame[14..];
+        match ethertype {
+            0x0806 => sent.arp += 1,
+            0x0800 if ip.len() >= 20 => {
+                let header = usize::from(ip[0] & 0x0f) * 4;
+                let source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+                let destination = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+                let ports = (ip[9] == 17 && ip.len() >= header + 4).then(|| {
+                    (u16::from_be_bytes([ip[header], ip[header + 1]]), u16::from_be_bytes([ip[header + 2], ip[header + 3]]))
+                });
+                match ports {
+                    Some((from, to)) if from == WIREGUARD_PORT || to == WIREGUARD_PORT => sent.wireguard += 1,
+                    _ => sent.other.push(format!("IPv4 protocol {} {source} -> {destination} ports {ports:?}", ip[9])),
+                }
+            }
+            other => sent.other.push(format!("ethertype {other:#06x}")),
+        }
+    }
+    sent
+}
+
 /// Returns the process id and restart count of `service`.
 fn service_run(vm: &TestVm, service: &str) -> (Option<i32>, u32) {
     let status = vm.status(Duration::from_secs(10)).expect("status of the VM");
@@ -134,7 +197,12 @@ fn wireguard_between_two_appliances() {
     let lan_port = free_port();
 
     // The appliance boots alone: its VPN endpoint (the peer VM) is down.
-    let mut vm = boot_on_lan("wireguard_appliance", &appliance_image, LanLink { port: lan_port, listen: true, mac_suffix: 10 });
+    let mut vm = boot_on_lan("wireguard_appliance", &appliance_image, LanLink { port: lan_port, listen: true, mac_suffix: APPLIANCE_MAC_SUFFIX, capture: true });
+    // The firmware's network driver sends IPv6 neighbour discovery and MLD
+    // on the LAN before Linux starts. The capture check below skips frames
+    // from before this point.
+    vm.wait_for_console("(?m)^ztms-init: stage 1 started", BOOT_TIMEOUT).unwrap();
+    let linux_started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     vm.wait_for_console("(?m)^ztms-init: WireGuard wg-vpn: up", BOOT_TIMEOUT).unwrap();
     vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
 
@@ -161,7 +229,7 @@ fn wireguard_between_two_appliances() {
         assert!(!reached(&reply), "download reached {}:{} with the VPN endpoint down: {reply:?}", reply.address, reply.port);
     }
 
-    let mut peer_vm = boot_on_lan("wireguard_peer", &peer_image, LanLink { port: lan_port, listen: false, mac_suffix: 20 });
+    let mut peer_vm = boot_on_lan("wireguard_peer", &peer_image, LanLink { port: lan_port, listen: false, mac_suffix: 20, capture: false });
     peer_vm.wait_for_console("(?m)^ztms-init: WireGuard wg-vpn: up", BOOT_TIMEOUT).unwrap();
     peer_vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
 
@@ -255,4 +323,20 @@ fn wireguard_between_two_appliances() {
 
     peer_vm.kill();
     vm.kill();
+
+    // The capture of the appliance's LAN link covers the boot with the
+    // endpoint down, both tunnels, and the link going down and up. Every
+    // IPv4 packet that the appliance sent is WireGuard, so nothing of the
+    // download service left outside the tunnel, and Linux sent no IPv6.
+    let pcap = std::fs::read(&vm.paths.lan_capture).expect("read the LAN capture");
+    let sent = frames_sent(&pcap, APPLIANCE_MAC_SUFFIX, linux_started);
+    eprintln!(
+        "appliance on the LAN: {} frames from the firmware, then {} WireGuard packets, {} ARP frames, {} others",
+        sent.firmware,
+        sent.wireguard,
+        sent.arp,
+        sent.other.len()
+    );
+    assert!(sent.wireguard > 0, "the capture has the tunnels' packets");
+    assert!(sent.other.is_empty(), "frames outside the tunnel:\n{}", sent.other.join("\n"));
 }
