@@ -4,6 +4,9 @@
 //! server replies with one line of JSON, a [`Status`] or an
 //! `{"error": "..."}` object. The unix socket serves one request per
 //! connection; the virtio-serial port serves any number of requests.
+//! Besides `status`, the server takes `isolate SERVICE` and `release
+//! SERVICE` ([`isolate_unix`]), the only requests that change the
+//! appliance, and in test images `probe` requests.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -46,6 +49,9 @@ pub struct Status {
     /// The data partition, once the storage phase has run.
     #[serde(default)]
     pub storage: Option<StorageStatus>,
+    /// WireGuard interfaces configured by the network phase.
+    #[serde(default)]
+    pub wireguard: Vec<WireguardStatus>,
 }
 
 /// The encrypted data partition as the storage phase left it.
@@ -100,6 +106,23 @@ pub struct Throughput {
     pub raw_read_kib_s: u64,
     pub encrypted_write_kib_s: u64,
     pub encrypted_read_kib_s: u64,
+}
+
+/// One WireGuard interface of the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardStatus {
+    /// `wg-remote` or `wg-vpn`.
+    pub interface: String,
+    /// The appliance's public key in base64: give it to remote-access peers,
+    /// or register it with the VPN provider. `None` when the key could not
+    /// be read or generated.
+    pub public_key: Option<String>,
+    /// UDP port on the uplink; `None` for `wg-vpn`, whose port the kernel picks.
+    pub listen_port: Option<u16>,
+    /// Names of the configured peers.
+    pub peers: Vec<String>,
+    /// Error that left the interface missing or partly configured.
+    pub error: Option<String>,
 }
 
 /// Progress of one boot phase.
@@ -314,6 +337,13 @@ mod tests {
             zombies: 0,
             init_rss_kib: 0,
             storage: None,
+            wireguard: vec![WireguardStatus {
+                interface: "wg-remote".into(),
+                public_key: Some("hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=".into()),
+                listen_port: Some(51820),
+                peers: vec!["laptop".into()],
+                error: None,
+            }],
         }
     }
 
@@ -361,11 +391,51 @@ mod tests {
         server.join().unwrap();
         assert_eq!(status, sample());
     }
+
+    /// Serves one connection that expects `request` and sends `lines`.
+    fn serve_once(path: &Path, request: &'static str, lines: &'static str) -> std::thread::JoinHandle<()> {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert_eq!(line, request);
+            let mut stream = stream;
+            stream.write_all(lines.as_bytes()).unwrap();
+        })
+    }
+
+    #[test]
+    fn isolate_skips_other_replies() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("status.sock");
+        let server = serve_once(
+            &path,
+            "isolate web\n",
+            "{\"service\":\"db\",\"proto\":\"tcp\",\"address\":\"10.80.5.2\",\"port\":1,\"source\":null,\"outcome\":\"timeout\",\"detail\":null,\"elapsed_ms\":1}\n\
+             {\"service\":\"web\",\"address\":\"10.80.1.33\",\"isolated\":true}\n",
+        );
+        let reply = isolate_unix(&path, "web", false).unwrap();
+        server.join().unwrap();
+        assert!(reply.isolated);
+        assert_eq!(reply.address, std::net::Ipv4Addr::new(10, 80, 1, 33));
+    }
+
+    #[test]
+    fn release_error_is_rejected() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("status.sock");
+        let server = serve_once(&path, "release nope\n", "{\"error\":\"service \\\"nope\\\" not found\"}\n");
+        let error = isolate_unix(&path, "nope", true).unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(error, QueryError::Rejected { .. }), "{error}");
+    }
 }
 
 /// Request prefix of a connection probe, served by test images with
 /// `[debug] probe = true`:
-/// `probe SERVICE tcp|udp IPV4 PORT [source IPV4]`.
+/// `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read]`.
 pub const PROBE_REQUEST: &str = "probe";
 
 /// Result of one connection probe made from inside a service's network
@@ -382,6 +452,9 @@ pub struct ProbeReply {
     /// The OS error behind `refused`, `unreachable` and `failed`.
     pub detail: Option<String>,
     pub elapsed_ms: u64,
+    /// Bytes received by a `read` probe, which reads until the peer closes.
+    #[serde(default)]
+    pub bytes: Option<u64>,
 }
 
 /// Observed result of a probe.
@@ -399,4 +472,54 @@ pub enum ProbeOutcome {
     Unreachable,
     /// The probe could not run, for example a bind to the source failed.
     Failed,
+}
+
+/// Request that cuts a service off every network: `isolate SERVICE`.
+pub const ISOLATE_REQUEST: &str = "isolate";
+/// Request that lifts an isolation: `release SERVICE`.
+pub const RELEASE_REQUEST: &str = "release";
+
+/// Reply to an isolate or release request: the state after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsolateReply {
+    pub service: String,
+    pub address: std::net::Ipv4Addr,
+    /// True while the service's address is in the firewall's isolated set.
+    pub isolated: bool,
+}
+
+/// Sends an isolate request (or a release request when `undo` is set) to the
+/// status socket at `path`: the appliance's unix socket, or a VM's
+/// virtio-serial socket. Reply lines of other requests that are still in
+/// flight on a serial port are skipped.
+pub fn isolate_unix(path: &Path, service: &str, undo: bool) -> Result<IsolateReply, QueryError> {
+    let io_error = |source| QueryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(io_error)?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(io_error)?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io_error)?;
+    let verb = if undo { RELEASE_REQUEST } else { ISOLATE_REQUEST };
+    stream.write_all(format!("{verb} {service}\n").as_bytes()).map_err(io_error)?;
+
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_err(io_error)? == 0 {
+            return Err(QueryError::NoReply { path: path.to_path_buf() });
+        }
+        if let Ok(reply) = serde_json::from_str::<IsolateReply>(&line) {
+            if reply.service == service {
+                return Ok(reply);
+            }
+            continue;
+        }
+        if let Ok(error) = serde_json::from_str::<ErrorReply>(&line) {
+            return Err(QueryError::Rejected {
+                path: path.to_path_buf(),
+                message: error.error,
+            });
+        }
+    }
 }

@@ -52,6 +52,50 @@ enum Command {
     Check {
         definition: PathBuf,
     },
+    /// WireGuard remote access.
+    #[command(subcommand)]
+    Wg(WgCommand),
+    /// Cut a service off every network at run time, or with --undo restore
+    /// it; the appliance logs both.
+    Isolate {
+        service: String,
+        /// Lift the isolation instead.
+        #[arg(long)]
+        undo: bool,
+        /// Status socket: the appliance's /run/ztms/status.sock, or the
+        /// status.sock in the state directory of a VM started by `ztms run`.
+        #[arg(long, default_value = ztms::status::SOCKET_PATH)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WgCommand {
+    /// Print the client configuration of a remote-access peer, and a QR code
+    /// for the WireGuard mobile apps.
+    Peer {
+        /// Appliance definition that declares the peer.
+        definition: PathBuf,
+        /// Peer name from [[wireguard.peer]].
+        name: String,
+        /// Public key of the appliance's wg-remote, as `ztms status` shows it.
+        #[arg(long, required_unless_present = "status")]
+        server_key: Option<String>,
+        /// Read the appliance's public key from this status socket instead.
+        #[arg(long, conflicts_with = "server_key")]
+        status: Option<PathBuf>,
+        /// Host name or IPv4 address that the client connects to
+        /// [default: wireguard.endpoint of the definition].
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// File with the peer's private key, written into the configuration;
+        /// without it the configuration has a placeholder.
+        #[arg(long)]
+        private_key_file: Option<PathBuf>,
+        /// Print the configuration only, without the QR code.
+        #[arg(long)]
+        no_qr: bool,
+    },
 }
 
 /// Flags shared by the commands that build.
@@ -112,6 +156,46 @@ fn execute(cli: Cli) -> Result<ExitCode, String> {
                 println!("{}", serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?);
             } else {
                 print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wg(WgCommand::Peer { definition, name, server_key, status, endpoint, private_key_file, no_qr }) => {
+            let loaded = ztms::config::load(&definition).map_err(|e| e.to_string())?;
+            let plan = ztms::net::NetworkPlan::from_definition(&loaded.definition).map_err(|e| e.to_string())?;
+            let server_key = match (server_key, status) {
+                (Some(key), _) => key,
+                (None, Some(socket)) => remote_public_key(&socket)?,
+                (None, None) => return Err("pass --server-key KEY or --status SOCKET".into()),
+            };
+            let private_key = match &private_key_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path).map_err(|e| format!("cannot read private key file {}: {e}", path.display()))?,
+                ),
+                None => None,
+            };
+            let request = ztms::net::wireguard::client::ClientRequest {
+                peer: &name,
+                server_public_key: &server_key,
+                endpoint: endpoint.as_deref(),
+                private_key: private_key.as_deref(),
+            };
+            let text = ztms::net::wireguard::client::render(&loaded.definition, &plan, &request).map_err(|e| e.to_string())?;
+            print!("{text}");
+            if !no_qr {
+                if private_key.is_none() {
+                    eprintln!("ztms: no QR code: the configuration has no private key; pass --private-key-file");
+                } else {
+                    println!("{}", ztms::net::wireguard::client::qr_code(&text)?);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Isolate { service, undo, socket } => {
+            let reply = ztms::status::isolate_unix(&socket, &service, undo).map_err(|e| e.to_string())?;
+            let state = if reply.isolated { "isolated from every network" } else { "not isolated" };
+            println!("service {} ({}) is {state}", reply.service, reply.address);
+            if reply.isolated == undo {
+                return Err(format!("the appliance's isolated set does not match the request for {}", reply.service));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -180,6 +264,30 @@ fn print_status(status: &ztms::status::Status) {
             println!("  recovery key (shown on this boot only, write it down): {key}");
         }
     }
+    if !status.wireguard.is_empty() {
+        println!("wireguard:");
+    }
+    for interface in &status.wireguard {
+        let port = interface.listen_port.map_or("-".to_string(), |port| port.to_string());
+        println!(
+            "  {:<14} public key {}  port {port}  peers {}  {}",
+            interface.interface,
+            interface.public_key.as_deref().unwrap_or("-"),
+            interface.peers.join(","),
+            interface.error.as_deref().unwrap_or_default()
+        );
+    }
+}
+
+/// Returns the public key of `wg-remote` from the status at `socket`.
+fn remote_public_key(socket: &Path) -> Result<String, String> {
+    let status = ztms::status::query_unix(socket).map_err(|e| e.to_string())?;
+    status
+        .wireguard
+        .iter()
+        .find(|interface| interface.interface == ztms::net::wireguard::REMOTE_INTERFACE)
+        .and_then(|interface| interface.public_key.clone())
+        .ok_or_else(|| format!("the appliance at {} reports no public key for wg-remote; check `ztms status`", socket.display()))
 }
 
 fn print_report(out: &Path, report: &ztms::build::BuildReport) {

@@ -77,6 +77,10 @@ pub const NETWORK_PACKAGES: &[&str] = &["busybox", "iproute2", "nftables"];
 /// `mkfs.ext4`/`e2fsck` (e2fsprogs).
 pub const STORAGE_PACKAGES: &[&str] = &["cryptsetup-bin", "e2fsprogs", "fdisk", "tpm2-tools"];
 
+/// Debian package of `wg`, which configures the WireGuard interfaces; only
+/// definitions with remote-access peers or a `[vpn]` table get it.
+pub const WIREGUARD_PACKAGE: &str = "wireguard-tools";
+
 /// Returns every package the tree gets: the network and storage tools, the base list
 /// and each service's.
 pub fn package_list(loaded: &Loaded) -> Vec<String> {
@@ -86,6 +90,9 @@ pub fn package_list(loaded: &Loaded) -> Vec<String> {
     packages.extend(definition.base.packages.iter().cloned());
     for service in &definition.services {
         packages.extend(service.packages.iter().cloned());
+    }
+    if !definition.wireguard.peers.is_empty() || definition.vpn.is_some() {
+        packages.insert(WIREGUARD_PACKAGE.to_string());
     }
     // ztms-init runs every service with crun.
     if !definition.services.is_empty() {
@@ -351,5 +358,20 @@ mod tests {
         let text = "Package: a\nStatus: install ok installed\nVersion: 1.0\n\nPackage: b\nStatus: deinstall ok config-files\nVersion: 2\n";
         let packages = parse_dpkg_status(text);
         assert_eq!(packages, [Package { name: "a".into(), version: "1.0".into() }]);
+    }
+
+    fn packages_of(text: &str) -> Vec<String> {
+        let loaded = crate::config::parse(Path::new("t.toml"), text.to_string()).expect("valid definition");
+        package_list(&loaded)
+    }
+
+    #[test]
+    fn wireguard_tools_only_with_wireguard() {
+        let plain = "[image]\nname = \"t\"\nversion = \"1\"\n";
+        assert!(!packages_of(plain).contains(&WIREGUARD_PACKAGE.to_string()));
+        let remote = format!(
+            "{plain}[[wireguard.peer]]\nname = \"phone\"\npublic_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n"
+        );
+        assert!(packages_of(&remote).contains(&WIREGUARD_PACKAGE.to_string()));
     }
 }

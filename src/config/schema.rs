@@ -402,7 +402,10 @@ pub struct Vpn {
     pub public_key: String,
     /// Absolute path, on the appliance, of the file that contains the
     /// appliance's private key for this tunnel (the output of `wg genkey`).
+    /// ztms-init generates the key at first boot when the file is missing,
+    /// and `ztms status` shows its public key to register with the provider.
     /// Keep it under `/data`: the image itself carries no secret.
+    #[serde(default = "default_vpn_private_key_file")]
     pub private_key_file: PathBuf,
     /// Tunnel addresses that the provider assigned, in CIDR notation, for
     /// example `"10.64.12.3/32"`.
@@ -436,9 +439,16 @@ pub struct RemoteAccess {
     #[serde(default = "default_remote_subnet")]
     pub subnet: String,
     /// Absolute path, on the appliance, of the file that contains the private
-    /// key of `wg-remote` (the output of `wg genkey`).
+    /// key of `wg-remote` (the output of `wg genkey`). ztms-init generates
+    /// the key at first boot when the file is missing; `ztms status` shows
+    /// its public key.
     #[serde(default = "default_remote_private_key_file")]
     pub private_key_file: PathBuf,
+    /// Host name or IPv4 address that peers send their handshakes to, as
+    /// `ztms wg peer` writes it into client configurations; the port is
+    /// `listen_port`. Without it, `ztms wg peer` needs `--endpoint`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
     /// MTU of the `wg-remote` interface in bytes.
     #[serde(default = "default_wireguard_mtu")]
     pub mtu: u16,
@@ -453,6 +463,7 @@ impl Default for RemoteAccess {
             listen_port: default_wireguard_port(),
             subnet: default_remote_subnet(),
             private_key_file: default_remote_private_key_file(),
+            endpoint: None,
             mtu: default_wireguard_mtu(),
             peers: Vec::new(),
         }
@@ -648,7 +659,11 @@ fn default_remote_subnet() -> String {
 }
 
 fn default_remote_private_key_file() -> PathBuf {
-    "/data/config/wireguard/remote.key".into()
+    "/data/secrets/wireguard/remote.key".into()
+}
+
+fn default_vpn_private_key_file() -> PathBuf {
+    "/data/secrets/wireguard/vpn.key".into()
 }
 
 fn default_user() -> String {

@@ -5,11 +5,14 @@
 //!    conntrack, NAT, veth), IPv4 forwarding on;
 //! 2. per service: the namespace `/run/netns/NAME` with IPv6 off and `lo`
 //!    up, its veth pair, addresses and routes ([`links`]);
-//! 3. the complete nftables ruleset, applied atomically with `nft -j -f -`;
-//! 4. the uplink: DHCP through busybox `udhcpc`, or the static address.
+//! 3. the policy routing of egress=vpn services ([`wireguard`]);
+//! 4. the complete nftables ruleset, applied atomically with `nft -j -f -`;
+//! 5. the uplink: DHCP through busybox `udhcpc`, or the static address;
+//! 6. the WireGuard interfaces, after the uplink because `wg` resolves the
+//!    VPN endpoint's host name through it.
 //!
 //! The firewall is in place before the uplink has an address, and an error
-//! in steps 1 to 3 fails the phase, so no service starts without its
+//! in steps 1 to 4 fails the phase, so no service starts without its
 //! firewall. An uplink error is logged with the interface, the setting and
 //! the kernel's message, and the phase goes on: the services still run
 //! behind the firewall, and the console shows why the appliance is not
@@ -26,8 +29,10 @@
 //! namespace. Loopback is open in the ruleset, so its health checks on
 //! 127.0.0.1 keep working.
 
+pub mod isolate;
 pub mod links;
 pub mod probe;
+pub mod wireguard;
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -99,6 +104,13 @@ fn apply(plan: &NetworkPlan) -> Result<(), String> {
         Ok(failed) => log::info!("network modules not loaded (built in or absent): {}", failed.join(", ")),
         Err(error) => log::warn!("reading the module index failed: {error}; loading no network modules"),
     }
+    if wireguard::is_used(plan) {
+        if let Ok(failed) = modules::load_by_name(&[wireguard::MODULE]) {
+            if !failed.is_empty() {
+                log::info!("kernel module {} not loaded (built in or absent)", wireguard::MODULE);
+            }
+        }
+    }
     write_sysctl("net.ipv4.ip_forward", "1")?;
 
     let started = Instant::now();
@@ -111,10 +123,17 @@ fn apply(plan: &NetworkPlan) -> Result<(), String> {
         started.elapsed().as_millis()
     );
 
+    if let Some(vpn) = &plan.vpn {
+        wireguard::apply_vpn_routing(&vpn.routing)?;
+    }
     apply_firewall(plan)?;
+    isolate::enable(plan);
 
     if let Err(error) = links::bring_up_uplink(&plan.uplink) {
         log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
+    }
+    if wireguard::is_used(plan) {
+        wireguard::apply_devices(plan);
     }
     Ok(())
 }

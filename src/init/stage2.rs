@@ -486,6 +486,7 @@ impl Init {
             zombies: count_zombies(),
             init_rss_kib: own_rss_kib(),
             storage: self.storage.clone(),
+            wireguard: network::wireguard::statuses(),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The read-only status API: a unix socket that serves one request per
-//! connection, and in test images a virtio-serial port that serves any
-//! number. Both are non-blocking and served from the main loop.
+//! The status API: a unix socket, readable by root only, that serves one
+//! request per connection, and in test images a virtio-serial port that
+//! serves any number. Both are non-blocking and served from the main loop.
+//! Every request reads state except `isolate` and `release`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -9,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::network::probe as net_probe;
+use super::network::{isolate, probe as net_probe};
 use crate::status::{ErrorReply, Status, REQUEST};
 
 /// Maximum length of a request line, in bytes.
@@ -188,8 +189,8 @@ impl StatusServer {
         }
     }
 
-    /// Starts the probe of request `line` on its own thread, or returns the
-    /// error line when it cannot run.
+    /// Starts the probe or isolate request `line` on its own thread, or
+    /// returns the error line when it cannot run.
     fn start_probe(&mut self, line: &str, reply_to: ReplyTo) -> Result<(), (String, ReplyTo)> {
         let error_line = |message: String| {
             let mut line = serde_json::to_string(&ErrorReply { error: message }).unwrap_or_default();
@@ -199,9 +200,21 @@ impl StatusServer {
         if self.probes.len() >= MAX_PROBES {
             return Err((error_line(format!("{MAX_PROBES} probes are already running; wait for a reply")), reply_to));
         }
-        let (request, path) = match net_probe::parse(line) {
-            Ok(parsed) => parsed,
-            Err(message) => return Err((error_line(message), reply_to)),
+        // Both kinds of task block for seconds, so each runs on a thread of
+        // its own and returns its reply line.
+        let task: Box<dyn FnOnce() -> String + Send> = if isolate::is_request(line) {
+            match isolate::parse(line) {
+                Ok(request) => Box::new(move || isolate::run(&request)),
+                Err(message) => return Err((error_line(message), reply_to)),
+            }
+        } else {
+            match net_probe::parse(line) {
+                Ok((request, path)) => Box::new(move || {
+                    let reply = net_probe::run(request, path);
+                    serde_json::to_string(&reply).unwrap_or_default()
+                }),
+                Err(message) => return Err((error_line(message), reply_to)),
+            }
         };
         let (reader, mut writer) = match UnixStream::pair() {
             Ok(pair) => pair,
@@ -211,8 +224,7 @@ impl StatusServer {
             return Err((error_line(format!("creating the probe's reply channel failed: {error}")), reply_to));
         }
         let spawned = std::thread::Builder::new().name("probe".into()).spawn(move || {
-            let reply = net_probe::run(request, path);
-            let mut line = serde_json::to_string(&reply).unwrap_or_default();
+            let mut line = task();
             line.push('\n');
             let _ = writer.write_all(line.as_bytes());
         });
@@ -300,7 +312,7 @@ impl StatusServer {
         let Some(line) = take_lines(&mut connection.buffer).into_iter().next() else {
             return connection.buffer.len() > MAX_REQUEST;
         };
-        if net_probe::is_probe(&line) {
+        if net_probe::is_probe(&line) || isolate::is_request(&line) {
             let stream = self.connections.swap_remove(position).stream;
             if let Err((error_line, ReplyTo::Connection(mut stream))) = self.start_probe(&line, ReplyTo::Connection(stream)) {
                 let _ = stream.write_all(error_line.as_bytes());
@@ -347,7 +359,7 @@ impl StatusServer {
             serial.buffer.clear();
         }
         for line in lines {
-            let text = if net_probe::is_probe(&line) {
+            let text = if net_probe::is_probe(&line) || isolate::is_request(&line) {
                 match self.start_probe(&line, ReplyTo::Serial) {
                     Ok(()) => continue,
                     Err((error_line, _)) => error_line,
@@ -393,6 +405,7 @@ mod tests {
             zombies: 0,
             init_rss_kib: 0,
             storage: None,
+            wireguard: Vec::new(),
         }
     }
 

@@ -568,6 +568,9 @@ fn plan_remote(definition: &Definition, subnet: Subnet) -> Result<RemoteAccessPl
     }
     check_mtu("wireguard.mtu", remote.mtu)?;
     check_key_file("wireguard.private_key_file", &remote.private_key_file)?;
+    if let Some(host) = &remote.endpoint {
+        parse("wireguard.endpoint", host, wireguard::check_host)?;
+    }
 
     let mut fixed = BTreeMap::new();
     let mut keys = BTreeSet::new();

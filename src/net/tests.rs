@@ -501,3 +501,19 @@ fn plan_error_names_value_and_fix() {
     assert!(matches!(error, PlanError::VpnMissing { .. }));
     assert!(error.to_string().contains("add one"), "{error}");
 }
+
+#[test]
+fn remote_endpoint_with_port_is_rejected() {
+    let error = config_error(&format!(
+        "{MINIMAL}\n[wireguard]\nendpoint = \"home.example.net:51820\"\n\n[[wireguard.peer]]\nname = \"phone\"\npublic_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n"
+    ));
+    assert!(error.contains("wireguard.endpoint"), "{error}");
+    assert!(error.contains("without a port"), "{error}");
+}
+
+#[test]
+fn appliance_keys_default_to_data_secrets() {
+    let plan = media_plan();
+    let remote = plan.remote.expect("media stack has remote access");
+    assert_eq!(remote.device.private_key_file, Path::new("/data/secrets/wireguard/remote.key"));
+}

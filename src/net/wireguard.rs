@@ -2,10 +2,12 @@
 //! tunnel to a VPN provider, as plans that the applier hands to `wg set`
 //! (or to the WireGuard generic netlink family).
 
+pub mod client;
+pub mod key;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::address::{InterfaceAddress, Subnet};
@@ -109,16 +111,7 @@ pub struct VpnRouting {
 
 /// Checks a WireGuard key: 32 bytes in standard base64.
 pub fn check_key(text: &str) -> Result<(), String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| format!("invalid WireGuard key {text:?}: it is not base64; paste the output of `wg pubkey`"))?;
-    if bytes.len() != 32 {
-        return Err(format!(
-            "invalid WireGuard key {text:?}: it decodes to {} bytes instead of 32; paste the output of `wg pubkey`",
-            bytes.len()
-        ));
-    }
-    Ok(())
+    key::decode(text).map(drop).map_err(|error| format!("invalid WireGuard key {text:?}: {error}"))
 }
 
 /// Checks an endpoint written as `host:port`, where host is an IPv4 address
@@ -134,13 +127,26 @@ pub fn check_endpoint(text: &str) -> Result<(), String> {
     if port == 0 {
         return Err(invalid("the port is 0"));
     }
-    let valid_host = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .split('.')
-            .all(|label| !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if !valid_host {
+    if !is_host(host) {
         return Err(invalid("the host is neither an IPv4 address nor a DNS name"));
     }
     Ok(())
+}
+
+/// Checks a host without a port: an IPv4 address or a DNS name.
+pub fn check_host(text: &str) -> Result<(), String> {
+    if !is_host(text) {
+        return Err(format!(
+            "invalid host {text:?}: write an IPv4 address or a DNS name without a port, for example \"home.example.net\""
+        ));
+    }
+    Ok(())
+}
+
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }

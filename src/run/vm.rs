@@ -104,6 +104,9 @@ pub struct LanLink {
     pub listen: bool,
     /// Last byte of the card's MAC address, so two VMs differ.
     pub mac_suffix: u8,
+    /// Record every frame of the link, both directions, in `lan.pcap` in
+    /// the state directory (QEMU's filter-dump).
+    pub capture: bool,
 }
 
 impl VmConfig {
@@ -167,6 +170,10 @@ pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
         let netdev = format!("socket,id=lan0,{role}=127.0.0.1:{}", lan.port);
         let device = format!("{},netdev=lan0,mac=52:54:00:12:35:{:02x}", machine.net_device, lan.mac_suffix);
         push(&["-netdev", &netdev, "-device", &device]);
+        if lan.capture {
+            let dump = format!("filter-dump,id=lan0dump,netdev=lan0,file={}", paths.lan_capture.display());
+            push(&["-object", &dump]);
+        }
     }
 
     push(&["-device", "virtio-serial-pci"]);
@@ -198,6 +205,8 @@ pub struct VmPaths {
     pub status: PathBuf,
     pub monitor: PathBuf,
     pub console_log: PathBuf,
+    /// Capture of the LAN link, when [`LanLink::capture`] is set.
+    pub lan_capture: PathBuf,
     pub tpm_socket: Option<PathBuf>,
     pub tpm_state: PathBuf,
 }
@@ -210,6 +219,7 @@ impl VmPaths {
             status: state_dir.join("status.sock"),
             monitor: state_dir.join("monitor.sock"),
             console_log: state_dir.join("console.log"),
+            lan_capture: state_dir.join("lan.pcap"),
             tpm_socket: tpm.then(|| state_dir.join("swtpm.sock")),
             tpm_state: state_dir.join("tpm"),
         }
@@ -686,7 +696,7 @@ mod tests {
             disk_size: None,
             state_dir: "/tmp/vm".into(),
             interactive: false,
-            lan: Some(LanLink { port: 40000, listen: true, mac_suffix: 2 }),
+            lan: Some(LanLink { port: 40000, listen: true, mac_suffix: 2, capture: true }),
             keep_disk: false,
             extra_drives: vec!["key.img".into()],
         }
@@ -720,5 +730,6 @@ mod tests {
         assert!(args.contains("name=org.ztms.status"), "{args}");
         assert!(args.contains("OVMF_CODE_4M.fd"), "{args}");
         assert!(args.contains("socket,id=lan0,listen=127.0.0.1:40000"), "{args}");
+        assert!(args.contains("filter-dump,id=lan0dump,netdev=lan0,file=/tmp/vm/lan.pcap"), "{args}");
     }
 }

@@ -179,6 +179,50 @@ pub fn output_of(console: &str, service: &str) -> Vec<String> {
         .collect()
 }
 
+/// Boots `image` like [`boot`], with a second network card on the
+/// point-to-point LAN link `lan` to another VM.
+pub fn boot_on_lan(test: &str, image: &Path, lan: ztms::run::vm::LanLink) -> TestVm {
+    let state_dir = scratch().join("vms").join(test);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let mut config = VmConfig::headless(image, state_dir, accel());
+    config.lan = Some(lan);
+    let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
+    TestVm { vm, name: test.to_string() }
+}
+
+/// Returns a free TCP port on 127.0.0.1. Another process may take it
+/// before QEMU binds it, which makes the VM fail to start, not a test pass.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Connects from inside `service`'s namespace to `address:port` and reads
+/// until the other end closes (`probe … read`), and returns the reply with
+/// the byte count.
+pub fn transfer(vm: &Vm, service: &str, address: std::net::Ipv4Addr, port: u16) -> ztms::status::ProbeReply {
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&vm.paths.status).expect("connect to the status port");
+    stream.set_read_timeout(Some(Duration::from_secs(240))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream
+        .write_all(format!("probe {service} tcp {address} {port} read\n").as_bytes())
+        .expect("send the transfer request");
+    loop {
+        let mut line = String::new();
+        let count = reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading the transfer reply failed: {e}"));
+        assert!(count > 0, "status port closed before the transfer reply");
+        if let Ok(error) = serde_json::from_str::<ztms::status::ErrorReply>(&line) {
+            panic!("transfer request rejected: {}", error.error);
+        }
+        if let Ok(reply) = serde_json::from_str::<ztms::status::ProbeReply>(&line) {
+            if reply.service == service && reply.address == address && reply.port == port {
+                return reply;
+            }
+        }
+    }
+}
+
 /// One probe to run inside a service's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeRequest {

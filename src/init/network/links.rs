@@ -76,7 +76,7 @@ pub fn create_service_link(service: &ServiceNetwork) -> Result<(), String> {
 /// Runs `commands`, one `ip` command a line, in one `ip -batch` call,
 /// inside the named namespace when `netns` is set. `ip` stops at the first
 /// failing line and names it.
-fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), String> {
+pub fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), String> {
     let mut command = Command::new(IP);
     if let Some(name) = netns {
         command.args(["-n", name]);

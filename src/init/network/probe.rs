@@ -21,6 +21,10 @@ use crate::status::{ProbeOutcome, ProbeReply, PROBE_REQUEST};
 
 /// How long a probe waits for a connection or a UDP reply.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a `read` probe may wait for the next bytes, and how long the
+/// whole transfer may take.
+pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const READ_TOTAL_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Service name and namespace path of every service, set once the network
 /// phase has created the namespaces of an image with the probe enabled.
@@ -45,6 +49,8 @@ pub struct ProbeRequest {
     pub udp: bool,
     pub target: SocketAddrV4,
     pub source: Option<Ipv4Addr>,
+    /// TCP only: read until the peer closes and report the byte count.
+    pub read: bool,
 }
 
 /// Returns true when `line` is a probe request, valid or not.
@@ -52,14 +58,18 @@ pub fn is_probe(line: &str) -> bool {
     line.split_whitespace().next() == Some(PROBE_REQUEST)
 }
 
-/// Parses `probe SERVICE tcp|udp IPV4 PORT [source IPV4]`, and checks that
-/// probes are enabled and that the service exists.
+/// Parses `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read]`, and
+/// checks that probes are enabled and that the service exists.
 pub fn parse(line: &str) -> Result<(ProbeRequest, PathBuf), String> {
-    let usage = "write: probe SERVICE tcp|udp IPV4 PORT [source IPV4]";
+    let usage = "write: probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read]";
     let Some(targets) = TARGETS.get() else {
         return Err("probe requests are disabled; build the image with [debug] probe = true".into());
     };
-    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut words: Vec<&str> = line.split_whitespace().collect();
+    let read = words.last() == Some(&"read");
+    if read {
+        words.pop();
+    }
     let (service, proto, address, port, source) = match words.as_slice() {
         [_, service, proto, address, port] => (*service, *proto, *address, *port, None),
         [_, service, proto, address, port, "source", source] => (*service, *proto, *address, *port, Some(*source)),
@@ -70,6 +80,9 @@ pub fn parse(line: &str) -> Result<(ProbeRequest, PathBuf), String> {
         "udp" => true,
         _ => return Err(format!("invalid protocol {proto:?} in probe request; {usage}")),
     };
+    if udp && read {
+        return Err(format!("read works with tcp only; {usage}"));
+    }
     let address: Ipv4Addr = address.parse().map_err(|_| format!("invalid IPv4 address {address:?}; {usage}"))?;
     let port: u16 = match port.parse() {
         Ok(port) if port > 0 => port,
@@ -87,6 +100,7 @@ pub fn parse(line: &str) -> Result<(ProbeRequest, PathBuf), String> {
         udp,
         target: SocketAddrV4::new(address, port),
         source,
+        read,
     };
     Ok((request, path.clone()))
 }
@@ -104,20 +118,22 @@ pub fn run(request: ProbeRequest, path: PathBuf) -> ProbeReply {
         outcome: ProbeOutcome::Failed,
         detail: None,
         elapsed_ms: 0,
+        bytes: None,
     };
     let result = netns::run_in(&path, move || {
         if request.udp {
-            probe_udp(request.target, request.source)
+            (probe_udp(request.target, request.source), None)
         } else {
-            probe_tcp(request.target, request.source)
+            probe_tcp(request.target, request.source, request.read)
         }
     });
-    let (outcome, detail) = match result {
+    let ((outcome, detail), bytes) = match result {
         Ok(outcome) => outcome,
-        Err(error) => (ProbeOutcome::Failed, Some(error.to_string())),
+        Err(error) => ((ProbeOutcome::Failed, Some(error.to_string())), None),
     };
     reply.outcome = outcome;
     reply.detail = detail;
+    reply.bytes = bytes;
     reply.elapsed_ms = started.elapsed().as_millis() as u64;
     reply
 }
@@ -136,14 +152,49 @@ fn socket(kind: Type, protocol: Protocol, source: Option<Ipv4Addr>) -> std::io::
     Ok(socket)
 }
 
-fn probe_tcp(target: SocketAddrV4, source: Option<Ipv4Addr>) -> Observation {
+/// Connects, and with `read` receives until the peer closes. Returns the
+/// observation and, for `read`, the bytes received.
+fn probe_tcp(target: SocketAddrV4, source: Option<Ipv4Addr>, read: bool) -> (Observation, Option<u64>) {
     let socket = match socket(Type::STREAM, Protocol::TCP, source) {
         Ok(socket) => socket,
-        Err(error) => return (ProbeOutcome::Failed, Some(format!("creating or binding the socket failed: {error}"))),
+        Err(error) => return ((ProbeOutcome::Failed, Some(format!("creating or binding the socket failed: {error}"))), None),
     };
-    match socket.connect_timeout(&SocketAddr::from(target).into(), PROBE_TIMEOUT) {
-        Ok(()) => (ProbeOutcome::Connected, None),
-        Err(error) => classify(error),
+    if let Err(error) = socket.connect_timeout(&SocketAddr::from(target).into(), PROBE_TIMEOUT) {
+        return (classify(error), None);
+    }
+    if !read {
+        return ((ProbeOutcome::Connected, None), None);
+    }
+    let (received, error) = read_to_end(socket);
+    let observation = match error {
+        None => (ProbeOutcome::Connected, None),
+        Some(error) => (ProbeOutcome::Failed, Some(format!("the transfer stopped after {received} bytes: {error}"))),
+    };
+    (observation, Some(received))
+}
+
+/// Reads and discards until the peer closes the connection, and returns
+/// the byte count with the error that ended the transfer early, if any.
+fn read_to_end(socket: Socket) -> (u64, Option<String>) {
+    use std::io::Read;
+
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::from(socket);
+    if let Err(error) = stream.set_read_timeout(Some(READ_IDLE_TIMEOUT)) {
+        return (0, Some(error.to_string()));
+    }
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut received = 0u64;
+    loop {
+        if started.elapsed() > READ_TOTAL_TIMEOUT {
+            return (received, Some(format!("not finished after {} s", READ_TOTAL_TIMEOUT.as_secs())));
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => return (received, None),
+            Ok(count) => received += count as u64,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return (received, Some(error.to_string())),
+        }
     }
 }
 
