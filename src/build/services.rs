@@ -51,11 +51,9 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
         std::fs::write(&config, text).map_err(|e| BuildError::io("write bundle spec", &config, e))?;
     }
 
-    // Mount point of the data filesystem, which the root image cannot
-    // create at boot.
-    if !loaded.definition.services.is_empty() {
-        let data = tree.join(runtime::DATA_DIR.trim_start_matches('/'));
-        std::fs::create_dir_all(&data).map_err(|e| BuildError::io("create mount point", &data, e))?;
-    }
+    // Mount point of the data volume, which every image has and which the
+    // read-only root cannot gain at boot.
+    let data = tree.join(runtime::DATA_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&data).map_err(|e| BuildError::io("create mount point", &data, e))?;
     Ok(imported)
 }

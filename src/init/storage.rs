@@ -515,6 +515,11 @@ fn check_filesystem(mapped: &str, status: &mut StorageStatus) -> Result<(), Stri
 }
 
 fn mount_data(mapped: &str) -> Result<(), String> {
+    if !Path::new(DATA_DIR).is_dir() {
+        return Err(format!(
+            "the root image has no {DATA_DIR} directory to mount the data volume on; rebuild the image with this version of ztms"
+        ));
+    }
     mount(
         Some(mapped),
         DATA_DIR,
