@@ -144,6 +144,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
         .prefix("ztms-run-")
         .tempdir()
         .map_err(|e| format!("cannot create a state directory: {e}"))?;
+    eprintln!("ztms: VM state directory {} (for `ztms update --vm`)", state_dir.path().display());
     let machine = match &args.machine {
         Some(path) => machine::Machine::load(path)?,
         None => machine::Machine::default_machine(),
