@@ -1,8 +1,8 @@
-//! QEMU tests of A/B updates: a bundle sent over the virtio-serial status
-//! port is verified and written to the inactive slot, the new version boots
-//! with a boot counter and is blessed, an unhealthy version falls back by
-//! itself, bad bundles change nothing, and a power cut during the write
-//! still boots a good version.
+//! QEMU tests of A/B updates. A bundle sent over the virtio-serial status
+//! port is verified and written to the inactive slot, and the new version
+//! boots with a boot counter and is blessed. An unhealthy version falls
+//! back by itself, bad bundles change nothing, and a power cut during the
+//! write still boots a good version.
 //!
 //! The tests print `figure:` lines with the times that docs/benchmarks.md
 //! records; run them with `--nocapture` to see them.
@@ -52,11 +52,11 @@ fn send(vm: &harness::TestVm, bundle: &Path, reboot: bool) -> UpdateReply {
     ztms::update::client::send(&vm.paths.status, bundle, false, reboot, &mut progress).expect("send the bundle")
 }
 
-fn print_figures(what: &str, reply: &UpdateReply) {
+fn print_figures(label: &str, reply: &UpdateReply) {
     let Some(report) = &reply.report else { return };
     let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
     eprintln!(
-        "figure: {what}: bundle {:.1} MiB received in {} ms; verify {} ms; root {:.1} MiB written in {} ms ({:.1} MiB/s), read back in {} ms; apply {} ms",
+        "figure: {label}: bundle {:.1} MiB received in {} ms; verify {} ms; root {:.1} MiB written in {} ms ({:.1} MiB/s), read back in {} ms; apply {} ms",
         mib(report.bundle_bytes),
         report.receive_ms,
         report.verify_ms,
@@ -273,6 +273,7 @@ fn power_cut_during_update_boots_good_version() {
         let _ = control.shutdown(std::net::Shutdown::Both);
         let _ = sender.join();
 
+        vm.wait_for_console("^ztms-init: stage 1 started", BOOT_TIMEOUT).unwrap();
         vm.wait_for_console("^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
         let status = vm.status(Duration::from_secs(10)).expect("status after the power cut");
         let storage = status.phases.iter().find(|p| p.name == "storage").expect("storage phase");

@@ -308,7 +308,7 @@ impl StatusServer {
             Ok(request) => request,
             Err(message) => {
                 // The size is unknown, so whatever follows is read as
-                // request lines and answered with errors.
+                // request lines, and each gets an error reply.
                 reply_error(serial, message);
                 return;
             }

@@ -1,17 +1,21 @@
-//! Applies an update bundle received on the virtio-serial status port, on a
-//! thread of its own so PID 1 keeps supervising: receive into `/run`,
-//! verify the signature and every hash, read the disk state, plan, then
-//! write the inactive slot and its UKI.
+//! Applies an update bundle received on the virtio-serial status port. It
+//! runs on a thread of its own, so PID 1 keeps supervising. The steps are:
+//! receive into `/run`, verify the signature and every hash, read the disk
+//! state, plan, then write the inactive slot and its UKI.
 //!
-//! Order on the disk, so that a power cut at any point leaves a bootable
-//! appliance: (1) remove stale UKIs, which name the inactive slot or
-//! nothing; (2) label the inactive partition `pending-...`, which no UKI
-//! names; (3) write and fsync the root image, then read it back; (4) give
-//! the partition its slot label; (5) write the UKI under a temporary name,
-//! fsync, and rename it to `NAME-VERSION+3.efi`. Until step 5 ends,
-//! systemd-boot sees only the running version. systemd-boot sorts entries
-//! by version and boots the newest, so the new UKI boots next; its counter
-//! sends the appliance back to the running version after 3 failed tries.
+//! The disk changes in this order, so a power cut at any point leaves a
+//! bootable appliance:
+//! 1. remove stale UKIs, which boot the inactive slot or nothing;
+//! 2. label the inactive partition `pending-...`, a label no UKI names;
+//! 3. write and fsync the root image, then read it back;
+//! 4. give the partition its slot label;
+//! 5. write the UKI under a temporary name, fsync, and rename it to
+//!    `NAME-VERSION+3.efi`.
+//!
+//! Until step 5 ends, systemd-boot finds only the running version. It sorts
+//! entries by version and boots the newest, so the new UKI boots next, and
+//! its counter sends the appliance back to the running version after 3
+//! failed tries.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -41,7 +45,7 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room left in `/run` beside a received bundle.
 const RUN_RESERVE: u64 = 32 << 20;
 
-/// What the main loop needs to start an update.
+/// Inputs of one update thread, from the main loop.
 #[derive(Debug)]
 pub struct UpdateJob {
     pub request: UpdateRequest,
@@ -142,20 +146,20 @@ fn progress(port: &mut File, message: String) {
 /// a request line.
 fn receive(job: &mut UpdateJob, path: &Path) -> Result<(), Stop> {
     let size = job.request.size;
-    let mut refusal = None;
+    let mut rejection = None;
     if !job.ready {
-        refusal = Some("the appliance is not ready yet; wait until every service is healthy and the boot is blessed".to_string());
+        rejection = Some("the appliance is not ready yet; wait until every service is healthy and the boot is blessed".to_string());
     }
     let _ = std::fs::create_dir_all(WORK_DIR);
     let free = free_bytes(Path::new(WORK_DIR)).unwrap_or(0);
-    if refusal.is_none() && size + RUN_RESERVE > free {
-        refusal = Some(format!(
+    if rejection.is_none() && size + RUN_RESERVE > free {
+        rejection = Some(format!(
             "the bundle needs {} MiB in /run and {} MiB are free; give the appliance more memory",
             (size + RUN_RESERVE).div_ceil(1 << 20),
             free >> 20
         ));
     }
-    let mut output = match &refusal {
+    let mut output = match &rejection {
         Some(_) => None,
         None => Some(File::create(path).map_err(|e| rejected(format!("creating {} failed: {e}", path.display())))?),
     };
@@ -178,7 +182,7 @@ fn receive(job: &mut UpdateJob, path: &Path) -> Result<(), Stop> {
         }
         remaining -= count as u64;
     }
-    match refusal {
+    match rejection {
         Some(message) => Err(rejected(message)),
         None => Ok(()),
     }
@@ -386,10 +390,10 @@ fn apply_mounted(
     write_slot(job, bundle_path, manifest, &plan, target, report)?;
     write_uki(bundle_path, manifest, &plan, esp_root)?;
     if plan.downgrade {
-        // NOTE: systemd-boot boots the newest version by its sort order, so a
-        // downgrade boots once through LoaderEntryOneShot; once the older
-        // version is blessed, later boots choose the newer one again until
-        // it is removed by the next update.
+        // NOTE: systemd-boot boots the newest version by its sort order, so
+        // a downgrade boots once through LoaderEntryOneShot. Once the older
+        // version is blessed, later boots choose the newer one again, until
+        // the next update removes it.
         if let Err(error) = set_one_shot(&plan) {
             log::warn!("update: setting LoaderEntryOneShot failed: {error}; the older version boots only from the boot menu");
         }

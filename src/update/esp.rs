@@ -1,6 +1,6 @@
-//! What an update needs to know about the UKIs on the ESP: the `.cmdline`
-//! section of each, read from the PE section table, names the slot and the
-//! root hash it boots.
+//! The UKIs on the ESP as an update reads them: the `.cmdline` section of
+//! each, found through the PE section table, names the slot and the root
+//! hash it boots.
 
 use super::plan::Slot;
 use crate::init::cmdline;
@@ -56,7 +56,7 @@ pub fn boot_target(cmdline_text: &str) -> (Option<Slot>, Option<String>) {
 mod tests {
     use super::*;
 
-    /// A PE32+ header with one section table entry, as objcopy lays it out.
+    /// Builds PE32+ headers with one section table entry, laid out as objcopy does.
     fn image_with_section(name: &str, offset: u32, virtual_size: u32, raw_size: u32) -> Vec<u8> {
         let mut image = vec![0u8; 1024];
         image[0..2].copy_from_slice(b"MZ");

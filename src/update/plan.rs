@@ -62,7 +62,7 @@ pub struct EspUki {
     pub root_hash: Option<String>,
 }
 
-/// What the applier read from the running appliance and its disk.
+/// The running appliance and its disk, as the applier read them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskState {
     /// Appliance name and version of the running root.
@@ -78,7 +78,7 @@ pub struct DiskState {
     pub esp_ukis: Vec<EspUki>,
 }
 
-/// What an update writes and removes, in the order the applier acts.
+/// The writes and removals of one update, in the order the applier acts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpdatePlan {
     /// The slot that receives the new root; never the booted one.

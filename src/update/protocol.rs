@@ -1,7 +1,7 @@
 //! The update request on the virtio-serial status port of test images.
 //!
 //! The host sends one line, `update SIZE [allow-downgrade] [reboot]`, then
-//! exactly SIZE bytes of bundle. ztms-init answers with JSON lines, each an
+//! exactly SIZE bytes of bundle. ztms-init replies with JSON lines, each an
 //! [`UpdateReply`]: progress first, then one final reply whose state is
 //! `applied`, `rejected` (nothing was written) or `failed`.
 //! The unix socket serves only the read-only status and never this request.
