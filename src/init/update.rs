@@ -159,17 +159,18 @@ fn receive(job: &mut UpdateJob, path: &Path) -> Result<(), Stop> {
             free >> 20
         ));
     }
-    let mut output = match &rejection {
-        Some(_) => None,
-        None => Some(File::create(path).map_err(|e| rejected(format!("creating {} failed: {e}", path.display())))?),
-    };
+    let mut output = None;
+    if rejection.is_none() {
+        match File::create(path) {
+            Ok(file) => output = Some(file),
+            Err(error) => rejection = Some(format!("creating {} failed: {error}", path.display())),
+        }
+    }
 
     let initial = std::mem::take(&mut job.initial);
     let mut remaining = size;
     let head = &initial[..initial.len().min(size as usize)];
-    if let Some(file) = &mut output {
-        file.write_all(head).map_err(|e| rejected(format!("writing {} failed: {e}", path.display())))?;
-    }
+    store(&mut output, &mut rejection, head, path);
     remaining -= head.len() as u64;
 
     let mut buffer = vec![0u8; 256 * 1024];
@@ -177,14 +178,22 @@ fn receive(job: &mut UpdateJob, path: &Path) -> Result<(), Stop> {
         let want = buffer.len().min(remaining as usize);
         let count = read_port(&mut job.port, &mut buffer[..want])
             .map_err(|e| rejected(format!("receiving the bundle failed after {} of {size} bytes: {e}", size - remaining)))?;
-        if let Some(file) = &mut output {
-            file.write_all(&buffer[..count]).map_err(|e| rejected(format!("writing {} failed: {e}", path.display())))?;
-        }
+        store(&mut output, &mut rejection, &buffer[..count], path);
         remaining -= count as u64;
     }
     match rejection {
         Some(message) => Err(rejected(message)),
         None => Ok(()),
+    }
+}
+
+/// Appends `data` to the received bundle. A failed write turns into the
+/// rejection, and the rest of the bundle is read and dropped.
+fn store(output: &mut Option<File>, rejection: &mut Option<String>, data: &[u8], path: &Path) {
+    let Some(file) = output else { return };
+    if let Err(error) = file.write_all(data) {
+        *rejection = Some(format!("writing {} failed: {error}", path.display()));
+        *output = None;
     }
 }
 
