@@ -67,6 +67,9 @@ enum Command {
         #[arg(long, default_value = ztms::status::SOCKET_PATH)]
         socket: PathBuf,
     },
+    /// Send a signed update bundle to a VM started by `ztms run` or the
+    /// tests; the appliance verifies it and writes its inactive slot.
+    Update(UpdateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +99,22 @@ enum WgCommand {
         #[arg(long)]
         no_qr: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct UpdateArgs {
+    /// State directory of the VM (`ztms run` prints it); the bundle goes
+    /// over its virtio-serial status port, status.sock.
+    #[arg(long = "vm", value_name = "STATE_DIR")]
+    vm: PathBuf,
+    /// Update bundle (NAME-VERSION.ztmsb) written by `ztms build`.
+    bundle: PathBuf,
+    /// Reboot into the new version once it is written.
+    #[arg(long)]
+    reboot: bool,
+    /// Install a version that is not newer than the running one.
+    #[arg(long)]
+    allow_downgrade: bool,
 }
 
 /// Flags shared by the commands that build.
@@ -199,12 +218,33 @@ fn execute(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Update(args) => update(&args),
         Command::Check { definition } => {
             let loaded = ztms::config::load(&definition).map_err(|e| e.to_string())?;
             let json = serde_json::to_string_pretty(&loaded.definition).map_err(|e| e.to_string())?;
             println!("{json}");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn update(args: &UpdateArgs) -> Result<ExitCode, String> {
+    let port = args.vm.join("status.sock");
+    let started = std::time::Instant::now();
+    let mut print_progress = |reply: &ztms::update::protocol::UpdateReply| {
+        eprintln!("[{:>6.1} s] {}", started.elapsed().as_secs_f64(), reply.message);
+    };
+    let reply = ztms::update::client::send(&port, &args.bundle, args.allow_downgrade, args.reboot, &mut print_progress)?;
+    match reply.update {
+        ztms::update::protocol::UpdateState::Applied => {
+            println!("{}", reply.message);
+            if let Some(report) = &reply.report {
+                println!("{}", serde_json::to_string_pretty(report).map_err(|e| e.to_string())?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ztms::update::protocol::UpdateState::Rejected => Err(format!("update rejected, nothing was written: {}", reply.message)),
+        _ => Err(format!("update failed: {}", reply.message)),
     }
 }
 

@@ -25,7 +25,7 @@ mod pipeline;
 
 use std::path::{Path, PathBuf};
 
-pub use pipeline::{build, BuildOptions, BuildReport};
+pub use pipeline::{build, BuildOptions, BuildReport, UPDATE_KEY_PATH};
 
 /// Default SOURCE_DATE_EPOCH (2024-01-01T00:00:00Z) when the environment
 /// sets none, so that two builds agree without any setup.

@@ -140,28 +140,39 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         definition.disk.root.get_ref().bytes(),
         definition.disk.data.get_ref().bytes(),
     );
-    let cmdline = kernel_cmdline(loaded, &layout, &verity);
+    let cmdline = kernel_cmdline(loaded, &layout, &verity, Role::RootA);
     // "+3": systemd-boot's boot counter. The first boot that reaches every
     // service healthy is blessed by ztms-init, which drops the counter.
     let uki_name = format!("{name}-{}+3.efi", definition.image.version);
     let uki_path = work_path.join(&uki_name);
+    // The same root image boots from slot B when an update writes it there,
+    // with a command line that names root-b; only bundles carry this UKI.
+    let uki_b_path = work_path.join("uki-b.efi");
+    let build_bundle = definition.update.signing_key.is_some();
     steps.run("uki", || {
         let initrd = initramfs::build(&init, &base.modules_dir(), &base.info.stage1_modules, epoch)?;
         let initrd_path = work_path.join("initrd.cpio");
-        let cmdline_path = work_path.join("cmdline");
         let osrel_path = work_path.join("os-release");
         write(&initrd_path, &initrd)?;
-        write(&cmdline_path, cmdline.as_bytes())?;
         write(&osrel_path, os_release(loaded).as_bytes())?;
-        uki::build(
-            &[
-                uki::Section { name: ".osrel", file: &osrel_path },
-                uki::Section { name: ".cmdline", file: &cmdline_path },
-                uki::Section { name: ".linux", file: &base.vmlinuz() },
-                uki::Section { name: ".initrd", file: &initrd_path },
-            ],
-            &uki_path,
-        )
+        let mut targets = vec![(cmdline.clone(), &uki_path, "cmdline-a")];
+        if build_bundle {
+            targets.push((kernel_cmdline(loaded, &layout, &verity, Role::RootB), &uki_b_path, "cmdline-b"));
+        }
+        for (slot_cmdline, output, cmdline_file) in targets {
+            let cmdline_path = work_path.join(cmdline_file);
+            write(&cmdline_path, slot_cmdline.as_bytes())?;
+            uki::build(
+                &[
+                    uki::Section { name: ".osrel", file: &osrel_path },
+                    uki::Section { name: ".cmdline", file: &cmdline_path },
+                    uki::Section { name: ".linux", file: &base.vmlinuz() },
+                    uki::Section { name: ".initrd", file: &initrd_path },
+                ],
+                output,
+            )?;
+        }
+        Ok(())
     })?;
 
     let esp_image = work_path.join("esp.img");
@@ -219,7 +230,11 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         steps.run("bundle", || {
             let key = crate::update::keys::load_signing(&loaded.resolve(signing_key))
                 .map_err(|e| BuildError::Plan(e.to_string()))?;
-            let files = [("root.img".to_string(), root_image.clone()), ("uki.efi".to_string(), uki_path.clone())];
+            let files = [
+                (crate::update::bundle::ROOT_IMAGE.to_string(), root_image.clone()),
+                (crate::update::bundle::uki_member("a"), uki_path.clone()),
+                (crate::update::bundle::uki_member("b"), uki_b_path.clone()),
+            ];
             let mut described = Vec::new();
             for (file, path) in &files {
                 described.push(crate::update::bundle::describe(file, path).map_err(|e| BuildError::Plan(e.to_string()))?);
@@ -288,14 +303,16 @@ pub fn definition_seed(loaded: &Loaded) -> String {
     hex::encode(Sha256::digest(json.as_bytes()))
 }
 
-/// Returns the kernel command line of slot A.
-pub fn kernel_cmdline(loaded: &Loaded, layout: &layout::Layout, verity: &rootimg::Verity) -> String {
+/// Returns the kernel command line that boots the root image from the
+/// partition of `slot` (`Role::RootA` or `Role::RootB`).
+pub fn kernel_cmdline(loaded: &Loaded, layout: &layout::Layout, verity: &rootimg::Verity, slot: Role) -> String {
     let definition = &loaded.definition;
+    let letter = if slot == Role::RootB { "b" } else { "a" };
     let mut args = vec![
         "console=ttyS0,115200".to_string(),
         "panic=10".to_string(),
-        "ztms.slot=a".to_string(),
-        format!("ztms.root={}", layout.partition(Role::RootA).label),
+        format!("ztms.slot={letter}"),
+        format!("ztms.root={}", layout.partition(slot).label),
         verity.cmdline(),
         format!("ztms.data={}", layout.partition(Role::Data).label),
     ];

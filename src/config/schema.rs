@@ -548,6 +548,12 @@ pub struct Update {
     /// Public key embedded in the image to verify bundles.
     #[serde(default)]
     pub public_key: Option<PathBuf>,
+    /// Seconds from the start of ztms-init until every service must be
+    /// healthy for the boot to be blessed [default: 300]. A trial boot of
+    /// a new version that misses it reboots, so systemd-boot falls back to
+    /// the previous version once the new one's 3 tries are used.
+    #[serde(default)]
+    pub ready_timeout_secs: Option<u64>,
 }
 
 /// Debug access. A test checks that the default image enables none of it.

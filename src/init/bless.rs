@@ -158,6 +158,13 @@ fn mount_esp(device: &Path) -> Result<String, BlessError> {
         let _ = std::fs::create_dir_all(ESP_FALLBACK_MOUNT);
         ESP_FALLBACK_MOUNT.to_string()
     };
+    mount_esp_at(device, &target)?;
+    Ok(target)
+}
+
+/// Mounts the ESP `device` read-write on the existing directory `target`.
+pub fn mount_esp_at(device: &Path, target: &str) -> Result<(), BlessError> {
+    let target = target.to_string();
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // Debian's kernels default to iocharset=utf8, whose module the image may
     // lack; the file names ztms writes are ASCII, so Latin-1 is enough.
@@ -176,8 +183,60 @@ fn mount_esp(device: &Path) -> Result<String, BlessError> {
         device: device.to_path_buf(),
         target: target.clone(),
         source,
-    })?;
-    Ok(target)
+    })
+}
+
+/// Returns the tries left in a boot counter file name (`x+2-1.efi` has 2),
+/// or `None` when the name has no counter.
+pub fn tries_left(name: &str) -> Option<u32> {
+    strip_boot_counter(name)?;
+    let stem = &name[..name.len() - ".efi".len()];
+    let counter = &stem[stem.rfind('+')? + 1..];
+    counter.split('-').next()?.parse().ok()
+}
+
+/// Decides whether a counted boot whose services did not all become
+/// healthy in time reboots: while tries are left, systemd-boot tries the
+/// entry again, and with none left it falls back to another entry, if one
+/// exists. Rebooting an exhausted only entry would loop, so it stays up.
+pub fn reboot_unhealthy(tries_left: Option<u32>, loader_entries: usize) -> bool {
+    tries_left.unwrap_or(0) > 0 || loader_entries > 1
+}
+
+/// Returns the tries left of the booted entry and the number of entries
+/// systemd-boot found (`LoaderEntries`), or `None` when this boot is not
+/// counted and so is no trial of a new version.
+pub fn trial_boot() -> Option<(Option<u32>, usize)> {
+    let counted_path = match read_variable("LoaderBootCountPath") {
+        Ok(Some(path)) if !path.is_empty() => Some(path),
+        _ => None,
+    };
+    let selected = read_variable("LoaderEntrySelected").ok().flatten().unwrap_or_default();
+    let tries = match &counted_path {
+        Some(path) => {
+            let file = esp_relative(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            tries_left(&file)
+        }
+        None => tries_left(&selected),
+    };
+    if counted_path.is_none() && strip_boot_counter(&selected).is_none() {
+        return None;
+    }
+    let entries_path = Path::new(EFIVARS).join(format!("LoaderEntries-{LOADER_GUID}"));
+    let entries = std::fs::read(entries_path).map(|bytes| decode_string_list(&bytes).len()).unwrap_or(0);
+    Some((tries, entries))
+}
+
+/// Decodes an efivarfs file that contains a list of NUL-separated UTF-16LE
+/// strings, as `LoaderEntries` does.
+pub fn decode_string_list(bytes: &[u8]) -> Vec<String> {
+    let Some(data) = bytes.get(4..) else { return Vec::new() };
+    let units: Vec<u16> = data.chunks_exact(2).map(|pair| u16::from_le_bytes([pair[0], pair[1]])).collect();
+    units
+        .split(|&unit| unit == 0)
+        .filter(|part| !part.is_empty())
+        .filter_map(|part| String::from_utf16(part).ok())
+        .collect()
 }
 
 fn rename_on_esp(mount_point: &str, target: &Target) -> Result<Outcome, BlessError> {
@@ -276,6 +335,30 @@ mod tests {
             bytes.extend_from_slice(&unit.to_le_bytes());
         }
         assert_eq!(decode_string_variable(&bytes).as_deref(), Some("ztms-1.0+2-1.efi"));
+    }
+
+    #[test]
+    fn tries_left_reads_counter() {
+        assert_eq!(tries_left("x-1.0+2-1.efi"), Some(2));
+        assert_eq!(tries_left("x-1.0+0-3.efi"), Some(0));
+        assert_eq!(tries_left("x-1.0.efi"), None);
+    }
+
+    #[test]
+    fn unhealthy_trial_reboots_unless_only_exhausted_entry() {
+        assert!(reboot_unhealthy(Some(1), 1));
+        assert!(reboot_unhealthy(Some(0), 2));
+        assert!(!reboot_unhealthy(Some(0), 1));
+        assert!(!reboot_unhealthy(None, 1));
+    }
+
+    #[test]
+    fn string_list_variable_is_decoded() {
+        let mut bytes = vec![6, 0, 0, 0];
+        for unit in "a.efi\0b.efi\0".encode_utf16() {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
+        assert_eq!(decode_string_list(&bytes), ["a.efi", "b.efi"]);
     }
 
     #[test]

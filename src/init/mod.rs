@@ -37,6 +37,7 @@ pub mod status_server;
 pub mod storage;
 pub mod supervisor;
 pub mod sysctl;
+pub mod update;
 pub mod verity;
 
 use std::panic::{self, AssertUnwindSafe};

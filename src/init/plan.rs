@@ -275,7 +275,7 @@ pub fn from_definition(definition: &Definition) -> Result<AppliancePlan, PlanErr
         version: definition.image.version.clone(),
         hostname,
         status_serial: definition.debug.status_serial,
-        ready_timeout_secs: DEFAULT_READY_TIMEOUT_SECS,
+        ready_timeout_secs: definition.update.ready_timeout_secs.unwrap_or(DEFAULT_READY_TIMEOUT_SECS),
         storage: StoragePlan {
             unlock: definition.storage.unlock,
             wipe: definition.storage.wipe,

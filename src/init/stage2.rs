@@ -62,6 +62,8 @@ struct Init {
     ready: bool,
     ready_timeout_logged: bool,
     shutdown: Option<Shutdown>,
+    /// The update thread while one runs; it has the serial port.
+    update: Option<std::thread::JoinHandle<super::update::Finished>>,
 }
 
 /// Runs stage 2. Never returns.
@@ -138,6 +140,7 @@ impl Init {
             ready: false,
             ready_timeout_logged: false,
             shutdown: None,
+            update: None,
         }
     }
 
@@ -322,6 +325,7 @@ impl Init {
             self.buttons.remove(index);
         }
 
+        self.run_update();
         self.reap(now);
         self.supervisor.tick(now);
         self.status_server.expire(now);
@@ -335,6 +339,44 @@ impl Init {
         }
         if let Some(shutdown) = &mut self.shutdown {
             shutdown.advance(&mut self.supervisor, now);
+        }
+    }
+
+    /// Starts the update the status port received, and acts on the end of
+    /// a running one: the port returns to the status server, and a reboot
+    /// follows when the update asked for it.
+    fn run_update(&mut self) {
+        if let Some(serial_update) = self.status_server.take_update() {
+            let (name, version) = self
+                .plan
+                .as_ref()
+                .map(|plan| (plan.name.clone(), plan.version.clone()))
+                .unwrap_or_default();
+            let job = super::update::UpdateJob {
+                request: serial_update.request,
+                initial: serial_update.initial,
+                port: serial_update.port,
+                name,
+                version,
+                ready: self.ready && self.shutdown.is_none(),
+            };
+            self.update = super::update::start(job);
+            if self.update.is_none() {
+                self.status_server.return_serial();
+            }
+        }
+        if !self.update.as_ref().is_some_and(|handle| handle.is_finished()) {
+            return;
+        }
+        let Some(handle) = self.update.take() else { return };
+        self.status_server.return_serial();
+        match handle.join() {
+            Ok(finished) if finished.reboot => {
+                log::info!("rebooting into the update");
+                self.request_shutdown(Action::Reboot);
+            }
+            Ok(_) => {}
+            Err(payload) => log::error!("the update thread panicked: {}", panic_message(payload.as_ref())),
         }
     }
 
@@ -416,12 +458,18 @@ impl Init {
         if !self.supervisor.all_healthy() {
             if elapsed_ms > timeout_ms && !self.ready_timeout_logged {
                 self.ready_timeout_logged = true;
-                // TODO: reboot here, so systemd-boot's counter falls back to
-                // the other slot without waiting for a manual reboot.
                 log::warn!(
                     "not every service is healthy {} s after init start; the boot stays unblessed",
                     timeout_ms / 1000
                 );
+                // A trial boot of a new version reboots, so systemd-boot
+                // counts the try and falls back once none is left.
+                if let Some((tries_left, entries)) = super::bless::trial_boot() {
+                    if super::bless::reboot_unhealthy(tries_left, entries) {
+                        log::warn!("rebooting the unhealthy trial boot ({} tries left, {entries} boot entries)", tries_left.map_or("unknown".to_string(), |n| n.to_string()));
+                        self.request_shutdown(Action::Reboot);
+                    }
+                }
             }
             return;
         }

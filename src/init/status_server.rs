@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::network::{isolate, probe as net_probe};
 use crate::status::{ErrorReply, Status, REQUEST};
+use crate::update::protocol::{self as update_protocol, UpdateReply, UpdateRequest, UpdateState};
 
 /// Maximum length of a request line, in bytes.
 const MAX_REQUEST: usize = 256;
@@ -44,6 +45,13 @@ pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
         }
         Err(error) => format!("{{\"error\": \"encoding the status failed: {error}\"}}\n"),
     }
+}
+
+/// Splits the first complete line off the front of `buffer`.
+fn take_line(buffer: &mut Vec<u8>) -> Option<String> {
+    let end = buffer.iter().position(|&b| b == b'\n')?;
+    let line: Vec<u8> = buffer.drain(..=end).collect();
+    Some(String::from_utf8_lossy(&line[..end]).into_owned())
 }
 
 /// Splits complete lines off the front of `buffer`.
@@ -86,6 +94,19 @@ struct SerialPort {
     buffer: Vec<u8>,
     /// While set, the host side is closed and the port is not polled.
     paused_until: Option<Instant>,
+    /// True while an update thread reads the bundle from the port and
+    /// writes its replies; the server leaves the port alone until then.
+    lent: bool,
+}
+
+/// An update request from the serial port, for the main loop to start.
+#[derive(Debug)]
+pub struct SerialUpdate {
+    pub request: UpdateRequest,
+    /// Bundle bytes read together with the request line.
+    pub initial: Vec<u8>,
+    /// A second handle of the port for the update thread.
+    pub port: std::fs::File,
 }
 
 /// The socket listener, its open connections and the serial port.
@@ -95,6 +116,7 @@ pub struct StatusServer {
     connections: Vec<Connection>,
     serial: Option<SerialPort>,
     probes: Vec<PendingProbe>,
+    update: Option<SerialUpdate>,
 }
 
 impl StatusServer {
@@ -137,6 +159,7 @@ impl StatusServer {
                     file,
                     buffer: Vec::new(),
                     paused_until: None,
+                    lent: false,
                 });
                 true
             }
@@ -152,7 +175,7 @@ impl StatusServer {
         let mut fds: Vec<RawFd> = self.listener.iter().map(AsRawFd::as_raw_fd).collect();
         fds.extend(self.connections.iter().map(|c| c.stream.as_raw_fd()));
         if let Some(serial) = &self.serial {
-            if serial.paused_until.map_or(true, |until| until <= now) {
+            if !serial.lent && serial.paused_until.map_or(true, |until| until <= now) {
                 fds.push(serial.file.as_raw_fd());
             }
         }
@@ -269,6 +292,49 @@ impl StatusServer {
         }
     }
 
+    /// Returns the update request the serial port received, if any; the
+    /// port stays lent until [`StatusServer::return_serial`].
+    pub fn take_update(&mut self) -> Option<SerialUpdate> {
+        self.update.take()
+    }
+
+    /// Serves the serial port again after an update thread ended.
+    pub fn return_serial(&mut self) {
+        if let Some(serial) = &mut self.serial {
+            serial.lent = false;
+            serial.buffer.clear();
+        }
+    }
+
+    /// Lends the serial port for the update request `line`, with the bytes
+    /// after it in the buffer, or replies with the error.
+    fn lend_serial(&mut self, line: &str) {
+        let Some(serial) = &mut self.serial else { return };
+        let reply_error = |serial: &mut SerialPort, message: String| {
+            let reply = UpdateReply { update: UpdateState::Rejected, message, report: None };
+            if let Err(error) = serial.file.write_all(reply.line().as_bytes()) {
+                log::debug!("writing to status port {} failed: {error}", serial.path.display());
+            }
+        };
+        let request = match update_protocol::parse(line) {
+            Ok(request) => request,
+            Err(message) => {
+                // The size is unknown, so whatever follows is read as
+                // request lines, and each gets an error reply.
+                reply_error(serial, message);
+                return;
+            }
+        };
+        match serial.file.try_clone() {
+            Ok(port) => {
+                serial.lent = true;
+                let initial = std::mem::take(&mut serial.buffer);
+                self.update = Some(SerialUpdate { request, initial, port });
+            }
+            Err(error) => reply_error(serial, format!("cloning the status port failed: {error}")),
+        }
+    }
+
     /// Closes connections whose request did not arrive in time.
     pub fn expire(&mut self, now: Instant) {
         self.connections.retain(|connection| connection.deadline > now);
@@ -340,6 +406,11 @@ impl StatusServer {
                 Ok(count) => {
                     received = true;
                     serial.buffer.extend_from_slice(&chunk[..count]);
+                    // An update request is followed by its bundle, which
+                    // must not be read here: stop at the first full line.
+                    if chunk[..count].contains(&b'\n') {
+                        break;
+                    }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -354,11 +425,18 @@ impl StatusServer {
             return;
         }
         serial.paused_until = None;
-        let lines = take_lines(&mut serial.buffer);
-        if serial.buffer.len() > MAX_REQUEST {
-            serial.buffer.clear();
-        }
-        for line in lines {
+        loop {
+            let Some(serial) = &mut self.serial else { return };
+            let Some(line) = take_line(&mut serial.buffer) else {
+                if serial.buffer.len() > MAX_REQUEST {
+                    serial.buffer.clear();
+                }
+                return;
+            };
+            if update_protocol::is_update(&line) {
+                self.lend_serial(&line);
+                return;
+            }
             let text = if net_probe::is_probe(&line) || isolate::is_request(&line) {
                 match self.start_probe(&line, ReplyTo::Serial) {
                     Ok(()) => continue,

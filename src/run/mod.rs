@@ -153,6 +153,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
     } else {
         state_dir.path().to_path_buf()
     };
+    eprintln!("ztms: VM state directory {} (for `ztms update --vm`)", state_path.display());
     let machine = match &args.machine {
         Some(path) => machine::Machine::load(path)?,
         None => machine::Machine::default_machine(),

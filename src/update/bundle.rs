@@ -17,6 +17,14 @@ use super::{version, UpdateError};
 pub const FORMAT: u32 = 1;
 const MANIFEST: &str = "manifest.json";
 const SIGNATURE: &str = "manifest.sig";
+/// Bundle member with the root image (EROFS and its dm-verity hash tree).
+pub const ROOT_IMAGE: &str = "root.img";
+
+/// Returns the bundle member with the UKI that boots the root image from
+/// `slot` (`a` or `b`); the two differ only in their command lines.
+pub fn uki_member(slot: &str) -> String {
+    format!("uki-{slot}.efi")
+}
 
 /// One file carried by the bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +163,41 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> Result<BundleManifest, UpdateE
     Ok(manifest)
 }
 
+/// Copies the member `file` of the bundle at `path` into `output` and
+/// returns its size and sha256, so the caller can compare them with the
+/// manifest once more: the bundle was verified before, but it is read
+/// again here.
+pub fn extract(path: &Path, file: &str, output: &mut dyn std::io::Write) -> Result<(u64, String), UpdateError> {
+    let malformed = |reason: String| UpdateError::Malformed { path: path.to_path_buf(), reason };
+    let input = File::open(path).map_err(io("open", path))?;
+    let mut archive = tar::Archive::new(BufReader::new(input));
+    for entry in archive.entries().map_err(|e| malformed(e.to_string()))? {
+        let mut entry = entry.map_err(|e| malformed(e.to_string()))?;
+        let name = entry.path().map_err(|e| malformed(e.to_string()))?.to_string_lossy().into_owned();
+        if name != file {
+            continue;
+        }
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let count = entry.read(&mut buffer).map_err(|e| malformed(format!("truncated {file}: {e}")))?;
+            if count == 0 {
+                break;
+            }
+            hasher.update(&buffer[..count]);
+            output.write_all(&buffer[..count]).map_err(|source| UpdateError::Io {
+                action: "write",
+                path: PathBuf::from(file),
+                source,
+            })?;
+            size += count as u64;
+        }
+        return Ok((size, hex::encode(hasher.finalize())));
+    }
+    Err(malformed(format!("{file} is missing")))
+}
+
 /// Checks that a verified bundle fits the running appliance.
 pub fn check_applicable(manifest: &BundleManifest, name: &str, current: &str, allow_downgrade: bool) -> Result<(), UpdateError> {
     if manifest.name != name {
@@ -181,17 +224,17 @@ mod tests {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let root = dir.path().join("root.img");
         std::fs::write(&root, vec![1u8; 10_000]).unwrap();
-        let uki = dir.path().join("uki.efi");
+        let uki = dir.path().join("uki-b.efi");
         std::fs::write(&uki, b"MZ fake uki").unwrap();
         let manifest = BundleManifest {
             format: FORMAT,
             name: "media".into(),
             version: "1.1.0".into(),
             root_hash: "00".repeat(32),
-            artifacts: vec![describe("root.img", &root).unwrap(), describe("uki.efi", &uki).unwrap()],
+            artifacts: vec![describe(ROOT_IMAGE, &root).unwrap(), describe("uki-b.efi", &uki).unwrap()],
         };
         let bundle = dir.path().join("media-1.1.0.ztmsb");
-        write(&bundle, &manifest, &key, &[("root.img".into(), root), ("uki.efi".into(), uki)]).unwrap();
+        write(&bundle, &manifest, &key, &[(ROOT_IMAGE.into(), root), ("uki-b.efi".into(), uki)]).unwrap();
         Fixture { dir, key, bundle }
     }
 
@@ -234,6 +277,17 @@ mod tests {
             matches!(error, UpdateError::Malformed { .. } | UpdateError::HashMismatch { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn extract_returns_member_and_hash() {
+        let fixture = fixture();
+        let manifest = verify(&fixture.bundle, &fixture.key.verifying_key()).unwrap();
+        let mut output = Vec::new();
+        let (size, sha256) = extract(&fixture.bundle, "uki-b.efi", &mut output).unwrap();
+        assert_eq!(output, b"MZ fake uki");
+        assert_eq!(size, 11);
+        assert_eq!(sha256, manifest.artifacts[1].sha256);
     }
 
     #[test]

@@ -2,7 +2,12 @@
 //! before it writes a byte to the inactive slot.
 
 pub mod bundle;
+pub mod client;
+pub mod esp;
 pub mod keys;
+pub mod plan;
+pub mod protocol;
+pub mod relabel;
 pub mod version;
 
 use std::path::PathBuf;
@@ -35,6 +40,16 @@ pub enum UpdateError {
     EspFull { needed_mib: u64, free_mib: u64 },
     #[error("invalid update key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
+    #[error("the signed manifest lists no {file}; the bundle was built by an older ztms, rebuild it")]
+    MissingArtifact { file: String },
+    #[error("the root image needs {} MiB but partition {label} has {} MiB; reinstall the appliance from an image built with this disk.root", .needed.div_ceil(1 << 20), .available >> 20)]
+    SlotTooSmall { label: String, needed: u64, available: u64 },
+    #[error("no UKI on the ESP boots the running root (root hash {root_hash}); the ESP was changed by hand, reinstall the appliance")]
+    RunningUkiNotFound { root_hash: String },
+    #[error("the running boot entry {file} is not blessed yet, and its slot is the only fallback; wait until every service is healthy (`ztms status` says ready) and retry")]
+    NotBlessed { file: String },
+    #[error("version {version} is the running version; build a bundle with a new version")]
+    AlreadyRunning { version: String },
 }
 
 /// Checks that an ESP with `free` bytes can take `needed` bytes, keeping

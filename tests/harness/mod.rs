@@ -33,12 +33,15 @@ pub fn init_binary() -> PathBuf {
 }
 
 /// Returns a hash of everything an image is built from: the definition,
-/// its overlays and the ztms-init binary.
-fn input_hash(definition: &Path) -> String {
+/// its overlays, the ztms-init binary and `extra` files such as keys.
+fn input_hash(definition: &Path, extra: &[&Path]) -> String {
     let loaded = ztms::config::load(definition).expect("load test definition");
     let mut hasher = Sha256::new();
     hasher.update(std::fs::read(definition).expect("read definition"));
     hasher.update(std::fs::read(init_binary()).expect("read ztms-init"));
+    for file in extra {
+        hasher.update(std::fs::read(file).unwrap_or_default());
+    }
     for overlay in &loaded.definition.base.overlays {
         let mut files = Vec::new();
         collect_files(&loaded.resolve(overlay.get_ref()), &mut files);
@@ -78,6 +81,12 @@ pub fn build_into(name: &str, out: &Path) -> Result<ztms::build::BuildReport, zt
 /// Returns the raw image of `images/<name>.toml`, built once per set of
 /// inputs and reused by later tests and runs.
 pub fn image(name: &str) -> PathBuf {
+    image_with_inputs(name, &[])
+}
+
+/// Returns the raw image of `images/<name>.toml` like [`image`], rebuilt
+/// whenever one of the `extra` input files changes too.
+pub fn image_with_inputs(name: &str, extra: &[&Path]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,8 +94,11 @@ pub fn image(name: &str) -> PathBuf {
         return path.clone();
     }
     let definition = repo().join("images").join(format!("{name}.toml"));
-    let out = scratch().join("images").join(format!("{name}-{}", input_hash(&definition)));
-    let raw = out.join(format!("{name}.raw"));
+    let out = scratch().join("images").join(format!("{name}-{}", input_hash(&definition, extra)));
+    // The raw image is named after the appliance, which may differ from
+    // the definition's file name (test-update-v2.toml builds test-update).
+    let loaded = ztms::config::load(&definition).expect("load test definition");
+    let raw = out.join(format!("{}.raw", loaded.definition.image.name.get_ref()));
     if !raw.exists() {
         eprintln!("building {name} into {}", out.display());
         if let Err(error) = build_into(name, &out) {
