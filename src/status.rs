@@ -66,7 +66,7 @@ pub struct StorageStatus {
     pub cipher: Option<String>,
     /// Key that opened the volume: `tpm2`, `key-file` or `recovery-key`.
     pub unlocked_by: Option<String>,
-    /// Why the TPM did not unlock the volume, when it was expected to.
+    /// Reason the TPM did not unlock the volume, when it was expected to.
     pub tpm_error: Option<String>,
     /// True when this boot created the volume.
     pub provisioned: bool,
@@ -84,13 +84,13 @@ pub struct StorageStatus {
     pub unlock_ms: Option<u64>,
     /// Whether the filesystem had been unmounted cleanly before this boot.
     pub clean_at_boot: Option<bool>,
-    /// What e2fsck reported.
+    /// Result that e2fsck reported.
     pub fsck: Option<String>,
     /// Mount options of `/data` from `/proc/self/mountinfo`.
     pub mount_options: Option<String>,
     /// Size of the filesystem's device in bytes.
     pub size_bytes: Option<u64>,
-    /// Why the phase failed.
+    /// Reason the phase failed.
     pub error: Option<String>,
     /// Sequential throughput measured at provisioning, on test images.
     #[serde(default)]

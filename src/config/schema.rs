@@ -499,7 +499,7 @@ pub struct Storage {
     /// filesystem. Every byte on it is lost.
     #[serde(default)]
     pub wipe: bool,
-    /// Where the key file is, for `unlock = "key-file"`.
+    /// Location of the key file, for `unlock = "key-file"`.
     #[serde(default)]
     pub key_file: Option<KeyFile>,
 }
@@ -568,7 +568,7 @@ pub struct Debug {
     pub probe: bool,
     /// At first boot, measure the data partition's sequential throughput
     /// with this many MiB each way, raw and then through dm-crypt, before
-    /// the filesystem is made; the figures appear in the status API. 0
+    /// the filesystem is made. The figures appear in the status API, and 0
     /// turns it off.
     #[serde(default)]
     pub storage_benchmark_mib: u32,

@@ -35,7 +35,7 @@ pub struct AppliancePlan {
     pub ready_timeout_secs: u64,
     /// Services in start order: each comes after its dependencies.
     pub services: Vec<ServicePlan>,
-    /// How the data partition is unlocked and laid out.
+    /// Unlock method and layout of the data partition.
     #[serde(default)]
     pub storage: StoragePlan,
 }
@@ -45,7 +45,7 @@ pub struct AppliancePlan {
 #[serde(deny_unknown_fields)]
 pub struct StoragePlan {
     pub unlock: Unlock,
-    /// Format the data partition even when it holds data.
+    /// Format the data partition even when it contains data.
     pub wipe: bool,
     pub key_file: Option<KeyFile>,
     /// Owner of the directories of the data layout.

@@ -53,7 +53,7 @@ struct Init {
     supervisor: Supervisor,
     supervising: bool,
     cgroups_enabled: bool,
-    /// What the storage phase did, for the status API.
+    /// Outcome of the storage phase, for the status API.
     storage: Option<StorageStatus>,
     signals: Option<SignalFd>,
     buttons: Vec<PowerButton>,
