@@ -110,6 +110,8 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
         tree::write_file(&tree_dir, tree::PLAN_PATH, &plan_json, 0o644)?;
         let network_json = serde_json::to_vec_pretty(&network).unwrap_or_default();
         tree::write_file(&tree_dir, crate::net::NETWORK_PATH.trim_start_matches('/'), &network_json, 0o644)?;
+        let hosts = crate::net::hosts::render(&network.plan);
+        tree::write_file(&tree_dir, crate::net::hosts::HOSTS_PATH.trim_start_matches('/'), hosts.as_bytes(), 0o644)?;
         tree::write_file(&tree_dir, crate::net::UDHCPC_SCRIPT_PATH.trim_start_matches('/'), crate::net::UDHCPC_SCRIPT.as_bytes(), 0o755)?;
         let hostname = definition.base.hostname.as_deref().unwrap_or(name);
         tree::write_file(&tree_dir, "etc/hostname", format!("{hostname}\n").as_bytes(), 0o644)?;

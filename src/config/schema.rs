@@ -277,7 +277,7 @@ pub enum Egress {
     None,
     /// Traffic leaves by the uplink.
     Internet,
-    /// Traffic leaves only inside the VPN tunnel and is dropped while it is down.
+    /// Traffic leaves only inside the VPN tunnel, and is dropped while the tunnel is down or while the definition has no `[vpn]` table.
     Vpn,
 }
 

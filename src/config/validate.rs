@@ -276,7 +276,6 @@ fn validate_network(loaded: &Loaded) -> Result<(), ConfigError> {
         PlanError::Invalid { value, .. } => format!("{value:?}"),
         PlanError::Allow { entry, .. } => format!("{entry:?}"),
         PlanError::Overlap { second_subnet, .. } => format!("\"{second_subnet}\""),
-        PlanError::VpnMissing { .. } => "egress = \"vpn\"".into(),
         PlanError::VpnPublished { .. } | PlanError::Full { .. } => String::new(),
     };
     let span = match loaded.source.find(&needle) {

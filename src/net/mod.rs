@@ -3,6 +3,7 @@
 //! ([`wireguard`]). Everything here is pure, and ztms-init applies the result.
 
 pub mod address;
+pub mod hosts;
 pub mod nftables;
 pub mod plan;
 pub mod wireguard;

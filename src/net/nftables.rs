@@ -457,14 +457,16 @@ impl Builder<'_> {
             ],
             "egress=internet",
         ));
-        rules.push((
-            vec![
-                matches(meta(MetaKey::Oifname), string(VPN_INTERFACE)),
-                matches(ip("saddr"), set_ref("egress_vpn")),
-                accept(),
-            ],
-            "egress=vpn through the tunnel",
-        ));
+        if self.plan.vpn.is_some() {
+            rules.push((
+                vec![
+                    matches(meta(MetaKey::Oifname), string(VPN_INTERFACE)),
+                    matches(ip("saddr"), set_ref("egress_vpn")),
+                    accept(),
+                ],
+                "egress=vpn through the tunnel",
+            ));
+        }
         rules.push((vec![counter("drop_forward"), drop_packet()], "default drop"));
         rules
     }

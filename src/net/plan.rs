@@ -51,9 +51,6 @@ pub enum PlanError {
     /// An `allow` entry that does not name a declared port.
     #[error("{owner}: allow entry {entry:?} {problem}")]
     Allow { owner: String, entry: String, problem: String },
-    /// A service with `egress = "vpn"` in a definition without `[vpn]`.
-    #[error("service {service:?} has egress = \"vpn\" but the definition has no [vpn] table; add one with the provider's endpoint and keys, or set egress = \"internet\" or \"none\"")]
-    VpnMissing { service: String },
     /// A published port on a service whose traffic may only leave through
     /// the tunnel.
     #[error("service {service:?} has egress = \"vpn\" and publishes port {port}/{proto}; its replies would have to leave by the uplink, which the kill switch forbids; publish the port through the reverse proxy instead")]
@@ -661,10 +658,9 @@ fn plan_vpn(
         .filter(|service| service.egress == Egress::Vpn)
         .map(|service| service.address)
         .collect();
+    // Without a tunnel the kill switch stays closed: egress=vpn services
+    // reach nothing outside the appliance until a [vpn] table is added.
     let Some(vpn) = &definition.vpn else {
-        if let Some(service) = services.iter().find(|service| service.egress == Egress::Vpn) {
-            return Err(PlanError::VpnMissing { service: service.name.clone() });
-        }
         return Ok(None);
     };
 

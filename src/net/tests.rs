@@ -375,14 +375,6 @@ fn with_service(extra: &str) -> String {
 }
 
 #[test]
-fn vpn_egress_without_vpn_table_is_rejected() {
-    let error = config_error(&with_service("egress = \"vpn\"\n"));
-    assert!(error.contains("\"app\""), "{error}");
-    assert!(error.contains("[vpn]"), "{error}");
-    assert!(error.starts_with("images/t.toml:10:"), "{error}");
-}
-
-#[test]
 fn vpn_service_cannot_publish() {
     let text = format!(
         "{MINIMAL}\n[vpn]\nendpoint = \"192.0.2.1:51820\"\npublic_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n\
@@ -494,12 +486,22 @@ fn bad_endpoint_is_rejected() {
 }
 
 #[test]
-fn plan_error_names_value_and_fix() {
-    let mut broken = definition(MEDIA_STACK);
-    broken.vpn = None;
-    let error = NetworkPlan::from_definition(&broken).unwrap_err();
-    assert!(matches!(error, PlanError::VpnMissing { .. }));
-    assert!(error.to_string().contains("add one"), "{error}");
+fn vpn_services_without_a_tunnel_have_no_way_out() {
+    let mut untunnelled = definition(MEDIA_STACK);
+    untunnelled.vpn = None;
+    let plan = NetworkPlan::from_definition(&untunnelled).expect("plan without [vpn]");
+    assert!(plan.vpn.is_none());
+
+    let document = ruleset_json(&plan);
+    let forward = chain_rules(&document, "forward");
+    let oifname = json!({"meta": {"key": "oifname"}});
+    let kill_switch = forward
+        .iter()
+        .find(|rule| matches_value(rule, &oifname, &json!("up0")) && rule.to_string().contains("@egress_vpn"))
+        .expect("kill switch rule");
+    assert!(!is_accept(kill_switch));
+    assert!(!forward.iter().any(|rule| is_accept(rule) && rule.to_string().contains("@egress_vpn")));
+    assert_eq!(set_elements(&document, "egress_vpn").len(), 2);
 }
 
 #[test]
