@@ -5,6 +5,7 @@
 //! finished artifacts are renamed into the output directory, so an
 //! interrupted build leaves nothing half-written at the output path.
 
+pub mod accounts;
 pub mod base;
 pub mod cpio;
 pub mod disk;

@@ -105,6 +105,7 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
             tree::apply_overlay(&loaded.resolve(overlay.get_ref()), &tree_dir)?;
         }
         services::lay_services(loaded, &tree_dir)?;
+        super::accounts::add_service_accounts(loaded, &tree_dir)?;
         tree::write_file(&tree_dir, tree::INIT_PATH, &init, 0o755)?;
         let plan_json = serde_json::to_vec_pretty(&plan).unwrap_or_default();
         tree::write_file(&tree_dir, tree::PLAN_PATH, &plan_json, 0o644)?;

@@ -3,6 +3,7 @@
 mod schema;
 mod size;
 mod validate;
+pub use validate::parse_user;
 
 pub mod docs;
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::address::IFNAME_MAX;
 use super::plan::{Endpoint, NetworkPlan};
-use super::{nftables, PlanError};
+use super::nftables;
 use crate::config::{self, Definition, Egress, Proto};
 
 include!("testdata/synthetic.rs");
