@@ -1,0 +1,165 @@
+//! The default appliance, `images/media-server.toml`, end to end under
+//! QEMU: every request goes from the host through the forwarded uplink
+//! port to nginx, as a user's browser would, with curl as the client.
+//!
+//! One boot serves every check, because the first boot of the whole stack
+//! takes minutes under TCG. The ban comes last: after it, the host can no
+//! longer reach the appliance.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::{boot_with_forwards, free_port, image};
+use ztms::run::vm::Forward;
+
+/// First boot of the whole stack under TCG: provisioning the data volume,
+/// creating the PostgreSQL cluster and the TLS certificates.
+const READY_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The reply of curl: its exit code, the HTTP status (0 without one) and
+/// the body.
+struct Reply {
+    exit: i32,
+    status: u16,
+    body: String,
+}
+
+/// Fetches `https://127.0.0.1:PORT/PATH` with curl and the given extra
+/// arguments. The certificate comes from the appliance's own local CA,
+/// which lives on its encrypted disk, so curl is told not to verify it.
+fn curl(port: u16, path: &str, args: &[&str]) -> Reply {
+    let url = format!("https://127.0.0.1:{port}{path}");
+    let output = Command::new("curl")
+        .args(["--silent", "--insecure", "--max-time", "20", "--write-out", "\n%{http_code}"])
+        .args(args)
+        .arg(&url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    Reply {
+        exit: output.status.code().unwrap_or(-1),
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    }
+}
+
+/// Sends a plain HTTP request to a forwarded port and returns whatever
+/// comes back; an empty string when nothing answers.
+fn raw_reply(port: u16) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n");
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Reads the web password that ztms-init shows on the console at the boot
+/// that generates it.
+fn web_password(console: &str) -> String {
+    let notice = console
+        .split("Secret web-password of media-server")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no web-password notice on the console"));
+    notice
+        .lines()
+        .nth(1)
+        .map(|line| line.trim().to_string())
+        .filter(|password| !password.is_empty())
+        .unwrap_or_else(|| panic!("the web-password notice has no value: {notice:?}"))
+}
+
+/// Waits until every Prometheus target reports `up`, and returns the
+/// targets' JSON; panics with the last reply after `timeout`.
+fn wait_for_targets(port: u16, login: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let reply = curl(port, "/prometheus/api/v1/targets", &["--user", login]);
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&reply.body) {
+            let targets = json["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+            if !targets.is_empty() && targets.iter().all(|target| target["health"] == "up") {
+                return json;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("Prometheus targets not all up after {timeout:?}: {}", reply.body);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
+    let image = image("media-server");
+
+    // The published port, every service port and ports that a default
+    // install often opens, each forwarded from its own host port.
+    let guest_ports: [u16; 12] = [443, 22, 80, 5432, 6379, 8080, 8200, 8443, 9090, 9100, 9187, 9310];
+    let forwards: Vec<Forward> = guest_ports
+        .iter()
+        .map(|&guest| Forward { host: free_port(), guest, udp: false })
+        .collect();
+    let https = forwards[0].host;
+    let mut vm = boot_with_forwards("media_server", &image, forwards.clone());
+    vm.wait_for_console("(?m)^ztms-init: ready:", READY_TIMEOUT).unwrap();
+    let login = format!("admin:{}", web_password(&vm.console()));
+
+    // TLS 1.3 only, HSTS on every answer.
+    let landing = curl(https, "/", &["--tlsv1.3", "--user", &login, "--include"]);
+    assert_eq!(landing.status, 200, "landing page over TLS 1.3: exit {} {}", landing.exit, landing.body);
+    assert!(landing.body.contains("ztms media server"), "{}", landing.body);
+    assert!(landing.body.to_lowercase().contains("strict-transport-security: max-age="), "{}", landing.body);
+    let old_tls = curl(https, "/", &["--tlsv1.2", "--tls-max", "1.2"]);
+    assert_eq!(old_tls.exit, 35, "TLS 1.2 handshake was not refused: status {}", old_tls.status);
+
+    // No login, no page.
+    let anonymous = curl(https, "/", &[]);
+    assert_eq!(anonymous.status, 401);
+
+    // The services answer through the proxy.
+    let media = curl(https, "/media/", &["--user", &login]);
+    assert_eq!(media.status, 200, "media server: {}", media.body);
+    assert!(media.body.contains("MiniDLNA"), "{}", media.body);
+    let torrents = curl(https, "/qbittorrent/", &["--user", &login]);
+    assert_eq!(torrents.status, 200, "qBittorrent: {}", torrents.body);
+    assert!(torrents.body.contains("qBittorrent"), "{}", torrents.body);
+
+    // Nothing but the proxy answers from outside.
+    for forward in &forwards[1..] {
+        let reply = raw_reply(forward.host);
+        assert!(reply.is_empty(), "guest port {} answered from outside: {reply:?}", forward.guest);
+    }
+
+    // Every Prometheus target is up: the node exporter, ztms-init, and the
+    // PostgreSQL exporter, which the matrix lets reach PostgreSQL with the
+    // generated password.
+    let targets = wait_for_targets(https, &login, Duration::from_secs(180));
+    let jobs: Vec<&str> = targets["data"]["activeTargets"]
+        .as_array()
+        .map(|targets| targets.iter().filter_map(|target| target["labels"]["job"].as_str()).collect())
+        .unwrap_or_default();
+    for job in ["prometheus", "node", "postgres", "ztms-init"] {
+        assert!(jobs.contains(&job), "no {job} target in {jobs:?}");
+    }
+    let pg_up = curl(https, "/prometheus/api/v1/query?query=pg_up", &["--user", &login]);
+    assert!(pg_up.body.contains(r#""value":["#) && pg_up.body.contains(r#""1"]"#), "pg_up: {}", pg_up.body);
+
+    // Four failed logins ban the client: the fifth request gets no answer.
+    let wrong = "admin:not-the-password";
+    for attempt in 1..=4 {
+        let reply = curl(https, "/", &["--user", wrong]);
+        assert_eq!(reply.status, 401, "failed login {attempt}");
+    }
+    vm.wait_for_console("ban: client 10.0.2.2 banned", Duration::from_secs(30)).unwrap();
+    let banned = curl(https, "/", &["--user", &login, "--max-time", "10"]);
+    assert_eq!(banned.status, 0, "a banned client got an answer");
+    assert_eq!(banned.exit, 28, "curl should time out against the dropped connection");
+    vm.kill();
+}
