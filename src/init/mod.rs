@@ -11,6 +11,7 @@
 //! a safe state.
 
 pub mod backoff;
+pub mod ban;
 pub mod bless;
 pub mod block;
 pub mod cgroups;

@@ -120,6 +120,7 @@ impl Init {
             ready_timeout_secs: 0,
             services: Vec::new(),
             storage: Default::default(),
+            ban: None,
         };
         let now = Instant::now();
         Self {
