@@ -29,6 +29,7 @@
 //! namespace. Loopback is open in the ruleset, so its health checks on
 //! 127.0.0.1 keep working.
 
+pub mod ban_set;
 pub mod isolate;
 pub mod links;
 pub mod probe;
