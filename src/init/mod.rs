@@ -21,6 +21,7 @@ pub mod dm;
 pub mod health;
 pub mod logfile;
 pub mod logger;
+pub mod metrics;
 pub mod modules;
 pub mod mounts;
 pub mod netns;
