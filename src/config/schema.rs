@@ -501,11 +501,11 @@ pub struct RemotePeer {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ban {
-    /// Name of the service whose output is read, usually the reverse proxy;
-    /// without it, nothing is banned.
+    /// Name of the service whose output is read, usually the reverse proxy.
+    /// Without it, nothing is banned.
     #[serde(default)]
     pub service: Option<String>,
-    /// Failed authentications allowed per client within `window_secs`; the
+    /// Failed authentications allowed per client within `window_secs`. The
     /// next one bans the client.
     #[serde(default = "default_ban_failures")]
     pub failures: u32,

@@ -132,7 +132,9 @@ impl Tracker {
         }
         self.failures_seen += 1;
         // A banned client's packets are dropped, but lines of requests that
-        // were in flight may still arrive; they must not ban it again.
+        // were in flight may still arrive, and they must not ban it again.
+        // NOTE: a client deleted from the set by hand is therefore not
+        // banned again before its ban would have ended.
         if self.banned.get(&client).is_some_and(|until| *until > now_ms) {
             return None;
         }

@@ -66,7 +66,7 @@ impl MetricsServer {
         self.connections.retain(|connection| connection.deadline > now);
     }
 
-    /// Serves whatever `fd` has ready; `status` is called only for a
+    /// Serves whatever `fd` has ready. `status` is called only for a
     /// complete `GET /metrics`.
     pub fn on_fd_ready(&mut self, fd: RawFd, now: Instant, status: &dyn Fn() -> Status) {
         if self.listener.as_raw_fd() == fd {
@@ -159,6 +159,8 @@ pub fn respond(request_line: &str, status: &dyn Fn() -> Status) -> (&'static str
 }
 
 /// Renders `status` in the Prometheus text exposition format.
+// TODO: export the firewall's drop counters; reading them takes an `nft -j
+// list counters` run per scrape, which the main loop must not wait for.
 pub fn render(status: &Status) -> String {
     let mut page = Page::default();
 

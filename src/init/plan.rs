@@ -39,7 +39,7 @@ pub struct AppliancePlan {
     /// Unlock method and layout of the data partition.
     #[serde(default)]
     pub storage: StoragePlan,
-    /// The service whose access log bans clients, and the limits; None
+    /// The service whose access log bans clients, and the limits, or None
     /// when banning is off.
     #[serde(default)]
     pub ban: Option<BanSettings>,

@@ -347,7 +347,7 @@ impl Init {
                 }
                 Source::Metrics => {
                     // Taken out for the call, because the snapshot borrows
-                    // the whole of `self`; the status is built only for a
+                    // the whole of `self`. The status is built only for a
                     // complete request.
                     if let Some(mut metrics) = self.metrics.take() {
                         metrics.on_fd_ready(poll_fd.fd, now, &|| self.status_snapshot());

@@ -45,7 +45,7 @@ const NOT_HEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(30);
 const EXEC_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Time after `crun run` starts during which the main process is polled for.
 const EXEC_POLL_PERIOD: Duration = Duration::from_secs(10);
-/// Lines of the watched service kept until the main loop takes them; the
+/// Lines of the watched service kept until the main loop takes them. The
 /// loop takes them after every read, so only a stalled loop reaches it.
 const MAX_WATCHED_LINES: usize = 4096;
 

@@ -336,8 +336,8 @@ impl Builder<'_> {
     fn prerouting(&self) -> Vec<RuleSpec> {
         let mut rules = self.isolation();
         // Before any accept, so that a ban cuts open connections too. Only
-        // traffic from outside counts: a service or the host itself is
-        // never banned by an address it shares with a client.
+        // traffic from outside is dropped, so a service or the host itself
+        // is never banned by an address it shares with a client.
         rules.push((
             vec![
                 not_equal(meta(MetaKey::Iifname), string("lo")),

@@ -4,8 +4,8 @@
 //!
 //! `nft` runs on a worker thread of its own, so a burst of bans never
 //! holds up the main loop. Like isolate requests, the worker reads `nft`'s
-//! output to the end and leaves the exit status to the main loop's reaper;
-//! `nft` reports every failure on its standard error.
+//! output to the end and leaves the exit status to the main loop's reaper.
+//! `nft` reports every failure on its standard error, which is logged.
 
 use std::net::Ipv4Addr;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -30,7 +30,7 @@ pub struct BanSet {
 
 impl BanSet {
     /// Starts the worker thread for `settings`. Without the thread, bans
-    /// are still decided and logged, and each says that it was not applied.
+    /// are still decided, and each is logged as not applied.
     pub fn start(settings: BanSettings) -> Self {
         let (sender, receiver) = mpsc::sync_channel::<(Ipv4Addr, u32)>(QUEUE_LENGTH);
         let spawned = std::thread::Builder::new().name("ban".into()).spawn(move || {
@@ -62,7 +62,8 @@ impl BanSet {
     }
 
     /// Reads one output line of the watched service at `now_ms`
-    /// (CLOCK_MONOTONIC milliseconds) and bans the client it convicts.
+    /// (CLOCK_MONOTONIC milliseconds), and bans the client when the line
+    /// triggers a ban.
     pub fn observe(&mut self, line: &str, now_ms: u64) {
         let Some(decision) = self.tracker.observe(line, now_ms) else { return };
         self.apply(&decision);
