@@ -196,6 +196,30 @@ fn counter_packets(namespace: &str, counter: &str) -> u64 {
         .unwrap_or_else(|| panic!("counter {counter} not found in {value}"))
 }
 
+/// Wires each service of `plan` as the plan documents: a routed veth pair
+/// whose host end in `router` carries the segment gateway as a /32, and
+/// whose service end is in the namespace `netns(service)`.
+fn wire_services(plan: &NetworkPlan, router: &str, netns: &dyn Fn(&str) -> String) {
+    run(&["ip", "-n", router, "link", "set", "lo", "up"]);
+    run(&["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    for service in &plan.services {
+        let ns = netns(&service.name);
+        let address = format!("{}/32", service.address);
+        let gateway = service.gateway.to_string();
+        run(&["ip", "-n", router, "link", "add", &service.host_link, "type", "veth", "peer", "name", &service.peer_link]);
+        run(&["ip", "-n", router, "link", "set", &service.peer_link, "netns", &ns]);
+        run(&["ip", "-n", &ns, "link", "set", &service.peer_link, "name", &service.service_link]);
+        run(&["ip", "-n", router, "address", "add", &format!("{gateway}/32"), "dev", &service.host_link]);
+        run(&["ip", "-n", router, "link", "set", &service.host_link, "up"]);
+        run(&["ip", "-n", router, "route", "add", &address, "dev", &service.host_link]);
+        run(&["ip", "-n", &ns, "address", "add", &address, "dev", &service.service_link]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", &service.service_link, "up"]);
+        run(&["ip", "-n", &ns, "route", "add", &gateway, "dev", &service.service_link]);
+        run(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
+    }
+}
+
 const TRAFFIC_DEFINITION: &str = r#"
 [image]
 name = "net-traffic"
@@ -227,27 +251,8 @@ fn matrix_allows_declared_pair_only() {
     let netns = |service: &str| format!("{prefix}-{service}");
     let _namespaces = Namespaces::create(&[router.clone(), netns("client"), netns("server")]);
 
-    // Wire each service as the plan documents: a routed veth pair whose host
-    // end carries the segment gateway as a /32. Both services share one
-    // segment and one gateway address.
-    run(&["ip", "-n", &router, "link", "set", "lo", "up"]);
-    run(&["ip", "netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    for service in &plan.services {
-        let ns = netns(&service.name);
-        let address = format!("{}/32", service.address);
-        let gateway = service.gateway.to_string();
-        run(&["ip", "-n", &router, "link", "add", &service.host_link, "type", "veth", "peer", "name", &service.peer_link]);
-        run(&["ip", "-n", &router, "link", "set", &service.peer_link, "netns", &ns]);
-        run(&["ip", "-n", &ns, "link", "set", &service.peer_link, "name", &service.service_link]);
-        run(&["ip", "-n", &router, "address", "add", &format!("{gateway}/32"), "dev", &service.host_link]);
-        run(&["ip", "-n", &router, "link", "set", &service.host_link, "up"]);
-        run(&["ip", "-n", &router, "route", "add", &address, "dev", &service.host_link]);
-        run(&["ip", "-n", &ns, "address", "add", &address, "dev", &service.service_link]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &ns, "link", "set", &service.service_link, "up"]);
-        run(&["ip", "-n", &ns, "route", "add", &gateway, "dev", &service.service_link]);
-        run(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
-    }
+    // Both services share one segment and one gateway address.
+    wire_services(&plan, &router, &netns);
     let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
     run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
 
@@ -331,13 +336,11 @@ fn banned_client_cannot_reach_published_port() {
     let _namespaces = Namespaces::create(&[router.clone(), outside.clone(), web.clone()]);
 
     // The router's uplink `up0` faces a client network with three client
-    // addresses; the service is wired as the plan documents.
+    // addresses.
     let uplink = Ipv4Addr::new(192, 168, 50, 1);
     let banned = Ipv4Addr::new(192, 168, 50, 2);
     let other = Ipv4Addr::new(192, 168, 50, 3);
     let short = Ipv4Addr::new(192, 168, 50, 4);
-    run(&["ip", "-n", &router, "link", "set", "lo", "up"]);
-    run(&["ip", "netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     run(&["ip", "-n", &router, "link", "add", "up0", "type", "veth", "peer", "name", "client0"]);
     run(&["ip", "-n", &router, "link", "set", "client0", "netns", &outside]);
     run(&["ip", "-n", &router, "address", "add", &format!("{uplink}/24"), "dev", "up0"]);
@@ -348,20 +351,8 @@ fn banned_client_cannot_reach_published_port() {
     }
     run(&["ip", "-n", &outside, "link", "set", "client0", "up"]);
 
+    wire_services(&plan, &router, &|_| web.clone());
     let service = plan.service("web").unwrap();
-    let address = format!("{}/32", service.address);
-    let gateway = service.gateway.to_string();
-    run(&["ip", "-n", &router, "link", "add", &service.host_link, "type", "veth", "peer", "name", &service.peer_link]);
-    run(&["ip", "-n", &router, "link", "set", &service.peer_link, "netns", &web]);
-    run(&["ip", "-n", &web, "link", "set", &service.peer_link, "name", &service.service_link]);
-    run(&["ip", "-n", &router, "address", "add", &format!("{gateway}/32"), "dev", &service.host_link]);
-    run(&["ip", "-n", &router, "link", "set", &service.host_link, "up"]);
-    run(&["ip", "-n", &router, "route", "add", &address, "dev", &service.host_link]);
-    run(&["ip", "-n", &web, "address", "add", &address, "dev", &service.service_link]);
-    run(&["ip", "-n", &web, "link", "set", "lo", "up"]);
-    run(&["ip", "-n", &web, "link", "set", &service.service_link, "up"]);
-    run(&["ip", "-n", &web, "route", "add", &gateway, "dev", &service.service_link]);
-    run(&["ip", "-n", &web, "route", "add", "default", "via", &gateway]);
 
     let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
     let apply = |document: &str| run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), document);
@@ -388,4 +379,43 @@ fn banned_client_cannot_reach_published_port() {
     assert!(!connects_from(&outside, short, published), "client banned for 1 s connected at once");
     thread::sleep(Duration::from_millis(1500));
     assert!(connects_from(&outside, short, published), "client still banned after its timeout");
+}
+
+const METRICS_DEFINITION: &str = r#"
+[image]
+name = "net-metrics"
+version = "1.0"
+
+[network]
+interface = "up0"
+
+[[service]]
+name = "prometheus"
+segment = "monitoring"
+command = ["/bin/true"]
+
+[[service]]
+name = "app"
+segment = "backend"
+command = ["/bin/true"]
+"#;
+
+#[test]
+fn metrics_port_reachable_from_monitoring_only() {
+    require_host!();
+    let plan = plan_of(METRICS_DEFINITION);
+    let prefix = format!("ztmsmet-{}", std::process::id());
+    let router = format!("{prefix}-router");
+    let netns = |service: &str| format!("{prefix}-{service}");
+    let _namespaces = Namespaces::create(&[router.clone(), netns("prometheus"), netns("app")]);
+    wire_services(&plan, &router, &netns);
+
+    let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
+    run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
+    let (endpoint, _) = plan.metrics_endpoint().expect("a service is in the monitoring segment");
+    let _listener = Listener::start(&router, endpoint);
+
+    assert!(connects(&netns("prometheus"), endpoint), "monitoring service did not reach {endpoint}");
+    assert!(!connects(&netns("app"), endpoint), "backend service reached {endpoint}");
+    assert!(counter_packets(&router, "drop_input") > 0, "drop_input counted nothing");
 }
