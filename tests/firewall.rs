@@ -329,7 +329,7 @@ fn connects_from(namespace: &str, source: Ipv4Addr, target: SocketAddrV4) -> boo
 fn banned_client_cannot_reach_published_port() {
     require_host!();
     let plan = plan_of(BAN_DEFINITION);
-    let prefix = format!("ztmsban-{}", std::process::id());
+    let prefix = format!("ztmsnet-{}-ban", std::process::id());
     let router = format!("{prefix}-router");
     let outside = format!("{prefix}-outside");
     let web = format!("{prefix}-web");
@@ -404,7 +404,7 @@ command = ["/bin/true"]
 fn metrics_port_reachable_from_monitoring_only() {
     require_host!();
     let plan = plan_of(METRICS_DEFINITION);
-    let prefix = format!("ztmsmet-{}", std::process::id());
+    let prefix = format!("ztmsnet-{}-metrics", std::process::id());
     let router = format!("{prefix}-router");
     let netns = |service: &str| format!("{prefix}-{service}");
     let _namespaces = Namespaces::create(&[router.clone(), netns("prometheus"), netns("app")]);
