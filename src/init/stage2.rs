@@ -12,12 +12,12 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::metrics::MetricsServer;
+use super::network::ban_set::BanSet;
 use super::phases::{panic_message, PhaseLog};
 use super::plan::{AppliancePlan, PLAN_PATH};
 use super::shutdown::{self, Shutdown};
 use super::signals::{self, Action, PowerButton};
-use super::metrics::MetricsServer;
-use super::network::ban_set::BanSet;
 use super::status_server::StatusServer;
 use super::supervisor::Supervisor;
 use super::{cgroups, cmdline, logger, modules, mounts, network, storage, sysctl};
