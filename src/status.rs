@@ -52,6 +52,36 @@ pub struct Status {
     /// WireGuard interfaces configured by the network phase.
     #[serde(default)]
     pub wireguard: Vec<WireguardStatus>,
+    /// Intrusion prevention, when the definition's `[ban]` names a service.
+    #[serde(default)]
+    pub ban: Option<BanStatus>,
+}
+
+/// Failed authentications and bans since boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanStatus {
+    /// Service whose output is read.
+    pub service: String,
+    /// Failed authentications allowed per client within `window_secs`.
+    pub failures: u32,
+    pub window_secs: u32,
+    pub ban_secs: u32,
+    /// Bans decided since boot.
+    pub bans_total: u64,
+    /// Failed authentications seen since boot, from every client.
+    pub failures_total: u64,
+    /// Bans that never reached `nft` because too many were waiting.
+    pub bans_lost: u64,
+    /// Clients banned now, sorted by address.
+    pub banned: Vec<BannedClient>,
+}
+
+/// A client whose ban has not ended yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BannedClient {
+    pub address: std::net::Ipv4Addr,
+    /// Seconds until the kernel deletes the client from the `banned` set.
+    pub seconds_left: u64,
 }
 
 /// The encrypted data partition as the storage phase left it.
@@ -344,6 +374,16 @@ mod tests {
                 peers: vec!["laptop".into()],
                 error: None,
             }],
+            ban: Some(BanStatus {
+                service: "proxy".into(),
+                failures: 3,
+                window_secs: 60,
+                ban_secs: 600,
+                bans_total: 1,
+                failures_total: 5,
+                bans_lost: 0,
+                banned: vec![BannedClient { address: std::net::Ipv4Addr::new(10, 0, 2, 2), seconds_left: 540 }],
+            }),
         }
     }
 

@@ -196,6 +196,30 @@ fn counter_packets(namespace: &str, counter: &str) -> u64 {
         .unwrap_or_else(|| panic!("counter {counter} not found in {value}"))
 }
 
+/// Wires each service of `plan` as the plan documents: a routed veth pair
+/// whose host end in `router` carries the segment gateway as a /32, and
+/// whose service end is in the namespace `netns(service)`.
+fn wire_services(plan: &NetworkPlan, router: &str, netns: &dyn Fn(&str) -> String) {
+    run(&["ip", "-n", router, "link", "set", "lo", "up"]);
+    run(&["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    for service in &plan.services {
+        let ns = netns(&service.name);
+        let address = format!("{}/32", service.address);
+        let gateway = service.gateway.to_string();
+        run(&["ip", "-n", router, "link", "add", &service.host_link, "type", "veth", "peer", "name", &service.peer_link]);
+        run(&["ip", "-n", router, "link", "set", &service.peer_link, "netns", &ns]);
+        run(&["ip", "-n", &ns, "link", "set", &service.peer_link, "name", &service.service_link]);
+        run(&["ip", "-n", router, "address", "add", &format!("{gateway}/32"), "dev", &service.host_link]);
+        run(&["ip", "-n", router, "link", "set", &service.host_link, "up"]);
+        run(&["ip", "-n", router, "route", "add", &address, "dev", &service.host_link]);
+        run(&["ip", "-n", &ns, "address", "add", &address, "dev", &service.service_link]);
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "link", "set", &service.service_link, "up"]);
+        run(&["ip", "-n", &ns, "route", "add", &gateway, "dev", &service.service_link]);
+        run(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
+    }
+}
+
 const TRAFFIC_DEFINITION: &str = r#"
 [image]
 name = "net-traffic"
@@ -227,27 +251,8 @@ fn matrix_allows_declared_pair_only() {
     let netns = |service: &str| format!("{prefix}-{service}");
     let _namespaces = Namespaces::create(&[router.clone(), netns("client"), netns("server")]);
 
-    // Wire each service as the plan documents: a routed veth pair whose host
-    // end carries the segment gateway as a /32. Both services share one
-    // segment and one gateway address.
-    run(&["ip", "-n", &router, "link", "set", "lo", "up"]);
-    run(&["ip", "netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    for service in &plan.services {
-        let ns = netns(&service.name);
-        let address = format!("{}/32", service.address);
-        let gateway = service.gateway.to_string();
-        run(&["ip", "-n", &router, "link", "add", &service.host_link, "type", "veth", "peer", "name", &service.peer_link]);
-        run(&["ip", "-n", &router, "link", "set", &service.peer_link, "netns", &ns]);
-        run(&["ip", "-n", &ns, "link", "set", &service.peer_link, "name", &service.service_link]);
-        run(&["ip", "-n", &router, "address", "add", &format!("{gateway}/32"), "dev", &service.host_link]);
-        run(&["ip", "-n", &router, "link", "set", &service.host_link, "up"]);
-        run(&["ip", "-n", &router, "route", "add", &address, "dev", &service.host_link]);
-        run(&["ip", "-n", &ns, "address", "add", &address, "dev", &service.service_link]);
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        run(&["ip", "-n", &ns, "link", "set", &service.service_link, "up"]);
-        run(&["ip", "-n", &ns, "route", "add", &gateway, "dev", &service.service_link]);
-        run(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
-    }
+    // Both services share one segment and one gateway address.
+    wire_services(&plan, &router, &netns);
     let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
     run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
 
@@ -289,4 +294,128 @@ fn matrix_allows_declared_pair_only() {
     // Applying the same ruleset again replaces the table in one transaction.
     run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
     assert!(connects(&netns("client"), SocketAddrV4::new(server, 5432)), "re-applied ruleset broke the allowed pair");
+}
+
+const BAN_DEFINITION: &str = r#"
+[image]
+name = "net-ban"
+version = "1.0"
+
+[network]
+interface = "up0"
+
+[[service]]
+name = "web"
+segment = "frontend"
+command = ["/bin/true"]
+ports = [{ port = 8080, publish = 80 }]
+"#;
+
+/// Connects from inside `namespace` with the source address `source` and
+/// reports whether the handshake completed in time.
+fn connects_from(namespace: &str, source: Ipv4Addr, target: SocketAddrV4) -> bool {
+    let namespace = namespace.to_string();
+    thread::spawn(move || {
+        enter(&namespace);
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("TCP socket");
+        socket.bind(&SocketAddrV4::new(source, 0).into()).expect("bind the source address");
+        socket.connect_timeout(&target.into(), DENIED_TIMEOUT).is_ok()
+    })
+    .join()
+    .expect("connect thread")
+}
+
+#[test]
+fn banned_client_cannot_reach_published_port() {
+    require_host!();
+    let plan = plan_of(BAN_DEFINITION);
+    let prefix = format!("ztmsnet-{}-ban", std::process::id());
+    let router = format!("{prefix}-router");
+    let outside = format!("{prefix}-outside");
+    let web = format!("{prefix}-web");
+    let _namespaces = Namespaces::create(&[router.clone(), outside.clone(), web.clone()]);
+
+    // The router's uplink `up0` faces a client network with three client
+    // addresses.
+    let uplink = Ipv4Addr::new(192, 168, 50, 1);
+    let banned = Ipv4Addr::new(192, 168, 50, 2);
+    let other = Ipv4Addr::new(192, 168, 50, 3);
+    let short = Ipv4Addr::new(192, 168, 50, 4);
+    run(&["ip", "-n", &router, "link", "add", "up0", "type", "veth", "peer", "name", "client0"]);
+    run(&["ip", "-n", &router, "link", "set", "client0", "netns", &outside]);
+    run(&["ip", "-n", &router, "address", "add", &format!("{uplink}/24"), "dev", "up0"]);
+    run(&["ip", "-n", &router, "link", "set", "up0", "up"]);
+    run(&["ip", "-n", &outside, "link", "set", "lo", "up"]);
+    for client in [banned, other, short] {
+        run(&["ip", "-n", &outside, "address", "add", &format!("{client}/24"), "dev", "client0"]);
+    }
+    run(&["ip", "-n", &outside, "link", "set", "client0", "up"]);
+
+    wire_services(&plan, &router, &|_| web.clone());
+    let service = plan.service("web").unwrap();
+
+    let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
+    let apply = |document: &str| run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), document);
+    apply(&json);
+    let _listener = Listener::start(&web, SocketAddrV4::new(service.address, 8080));
+    let published = SocketAddrV4::new(uplink, 80);
+
+    assert!(connects_from(&outside, banned, published), "client did not connect before its ban");
+
+    apply(&nftables::to_json(&nftables::ban(banned, 600)));
+    assert!(!connects_from(&outside, banned, published), "banned client connected");
+    assert!(connects_from(&outside, other, published), "another client did not connect");
+    assert!(counter_packets(&router, "drop_banned") > 0, "drop_banned counted nothing");
+
+    let listing = Command::new("ip")
+        .args(["netns", "exec", &router, "nft", "list", "set", "inet", "ztms", "banned"])
+        .output()
+        .expect("nft lists the banned set");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains(&format!("{banned} timeout 10m")), "{listing}");
+
+    // The kernel removes an element when its timeout ends.
+    apply(&nftables::to_json(&nftables::ban(short, 1)));
+    assert!(!connects_from(&outside, short, published), "client banned for 1 s connected at once");
+    thread::sleep(Duration::from_millis(1500));
+    assert!(connects_from(&outside, short, published), "client still banned after its timeout");
+}
+
+const METRICS_DEFINITION: &str = r#"
+[image]
+name = "net-metrics"
+version = "1.0"
+
+[network]
+interface = "up0"
+
+[[service]]
+name = "prometheus"
+segment = "monitoring"
+command = ["/bin/true"]
+
+[[service]]
+name = "app"
+segment = "backend"
+command = ["/bin/true"]
+"#;
+
+#[test]
+fn metrics_port_reachable_from_monitoring_only() {
+    require_host!();
+    let plan = plan_of(METRICS_DEFINITION);
+    let prefix = format!("ztmsnet-{}-metrics", std::process::id());
+    let router = format!("{prefix}-router");
+    let netns = |service: &str| format!("{prefix}-{service}");
+    let _namespaces = Namespaces::create(&[router.clone(), netns("prometheus"), netns("app")]);
+    wire_services(&plan, &router, &netns);
+
+    let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
+    run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
+    let (endpoint, _) = plan.metrics_endpoint().expect("a service is in the monitoring segment");
+    let _listener = Listener::start(&router, endpoint);
+
+    assert!(connects(&netns("prometheus"), endpoint), "monitoring service did not reach {endpoint}");
+    assert!(!connects(&netns("app"), endpoint), "backend service reached {endpoint}");
+    assert!(counter_packets(&router, "drop_input") > 0, "drop_input counted nothing");
 }

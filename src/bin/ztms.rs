@@ -317,6 +317,18 @@ fn print_status(status: &ztms::status::Status) {
             interface.error.as_deref().unwrap_or_default()
         );
     }
+    if let Some(ban) = &status.ban {
+        println!(
+            "ban: service {}, {} bans and {} failed authentications since boot (more than {} in {} s ban a client for {} s)",
+            ban.service, ban.bans_total, ban.failures_total, ban.failures, ban.window_secs, ban.ban_secs
+        );
+        if ban.bans_lost > 0 {
+            println!("  {} bans were lost because too many were waiting for nft", ban.bans_lost);
+        }
+        for client in &ban.banned {
+            println!("  {:<15} banned, {} s left", client.address, client.seconds_left);
+        }
+    }
 }
 
 /// Returns the public key of `wg-remote` from the status at `socket`.

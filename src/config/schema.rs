@@ -53,6 +53,10 @@ pub struct Definition {
     /// WireGuard remote access to services.
     #[serde(default)]
     pub wireguard: RemoteAccess,
+    /// Intrusion prevention: clients that fail to authenticate too often
+    /// are dropped by the firewall for a while.
+    #[serde(default)]
+    pub ban: Ban,
 }
 
 /// Identity of the appliance.
@@ -488,6 +492,46 @@ pub struct RemotePeer {
     pub allow: Vec<String>,
 }
 
+/// Intrusion prevention. ztms-init reads the output of `service`, one
+/// access-log line per request with the tokens `client=<IPv4>` and
+/// `status=<HTTP code>`, and bans a client whose failed authentications
+/// exceed `failures` within `window_secs`. The firewall then drops the
+/// client's packets from outside the appliance (the uplink, `wg-remote`)
+/// for `ban_secs`, open connections included.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ban {
+    /// Name of the service whose output is read, usually the reverse proxy.
+    /// Without it, nothing is banned.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Failed authentications allowed per client within `window_secs`. The
+    /// next one bans the client.
+    #[serde(default = "default_ban_failures")]
+    pub failures: u32,
+    /// Length of the sliding window in which failures are counted, in seconds.
+    #[serde(default = "default_ban_window_secs")]
+    pub window_secs: u32,
+    /// Duration of a ban, in seconds.
+    #[serde(default = "default_ban_secs")]
+    pub ban_secs: u32,
+    /// HTTP status codes that count as a failed authentication.
+    #[serde(default = "default_ban_statuses")]
+    pub statuses: Vec<u16>,
+}
+
+impl Default for Ban {
+    fn default() -> Self {
+        Self {
+            service: None,
+            failures: default_ban_failures(),
+            window_secs: default_ban_window_secs(),
+            ban_secs: default_ban_secs(),
+            statuses: default_ban_statuses(),
+        }
+    }
+}
+
 /// Encrypted data partition settings.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -642,6 +686,22 @@ fn default_uplink_ipv4() -> String {
 
 fn default_new_connections_per_second() -> u32 {
     20
+}
+
+fn default_ban_failures() -> u32 {
+    3
+}
+
+fn default_ban_window_secs() -> u32 {
+    60
+}
+
+fn default_ban_secs() -> u32 {
+    600
+}
+
+fn default_ban_statuses() -> Vec<u16> {
+    vec![401, 403]
 }
 
 fn default_vpn_allowed_ips() -> Vec<String> {

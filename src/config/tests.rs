@@ -136,3 +136,43 @@ fn read_error_names_path() {
     assert!(matches!(error, ConfigError::Read { .. }));
     assert!(error.to_string().contains("/nonexistent/x.toml"));
 }
+
+#[test]
+fn ban_defaults_are_off_with_three_failures() {
+    let loaded = parse(Path::new("t.toml"), MINIMAL.to_string()).unwrap();
+    let ban = &loaded.definition.ban;
+    assert_eq!(ban.service, None);
+    assert_eq!((ban.failures, ban.window_secs, ban.ban_secs), (3, 60, 600));
+    assert_eq!(ban.statuses, [401, 403]);
+}
+
+#[test]
+fn ban_of_unknown_service_names_value_and_fix() {
+    let text = format!(
+        "{MINIMAL}
+[[service]]
+name = \"proxy\"
+segment = \"frontend\"
+command = [\"/bin/true\"]
+
+[ban]
+service = \"nginx\"
+"
+    );
+    let error = error_of(&text);
+    assert!(error.starts_with("images/t.toml:11:11:"), "{error}");
+    assert!(error.contains("ban.service = \"nginx\" names no declared service"), "{error}");
+    assert!(error.contains("use one of: proxy"), "{error}");
+}
+
+#[test]
+fn ban_with_zero_failures_is_rejected() {
+    let error = error_of(&format!("{MINIMAL}\n[ban]\nfailures = 0\n"));
+    assert!(error.contains("invalid ban.failures = 0: use at least 1"), "{error}");
+}
+
+#[test]
+fn ban_with_invalid_status_is_rejected() {
+    let error = error_of(&format!("{MINIMAL}\n[ban]\nstatuses = [401, 4031]\n"));
+    assert!(error.contains("invalid HTTP status 4031 in ban.statuses"), "{error}");
+}

@@ -80,6 +80,7 @@ pub(super) fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     validate_storage(loaded)?;
     validate_segments(loaded)?;
     validate_services(loaded)?;
+    validate_ban(loaded)?;
     validate_network(loaded)
 }
 
@@ -233,6 +234,55 @@ fn validate_services(loaded: &Loaded) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+fn validate_ban(loaded: &Loaded) -> Result<(), ConfigError> {
+    let ban = &loaded.definition.ban;
+    if let Some(service) = &ban.service {
+        let declared = loaded.definition.services.iter().any(|s| s.name.get_ref() == service);
+        if !declared {
+            let names: HashSet<&str> = loaded.definition.services.iter().map(|s| s.name.get_ref().as_str()).collect();
+            let fix = match names.is_empty() {
+                true => "declare the service, or remove ban.service to turn banning off".to_string(),
+                false => format!("use one of: {}, or remove ban.service to turn banning off", sorted(&names)),
+            };
+            return Err(loaded.invalid(
+                span_of(&loaded.source, &format!("{service:?}")),
+                format!("ban.service = {service:?} names no declared service; {fix}"),
+            ));
+        }
+    }
+    for (key, value, example) in [
+        ("ban.failures", ban.failures, 3),
+        ("ban.window_secs", ban.window_secs, 60),
+        ("ban.ban_secs", ban.ban_secs, 600),
+    ] {
+        if value == 0 {
+            return Err(loaded.invalid(0..0, format!("invalid {key} = 0: use at least 1, for example {example}")));
+        }
+    }
+    if ban.statuses.is_empty() {
+        return Err(loaded.invalid(
+            0..0,
+            "invalid ban.statuses = []: list the HTTP codes of a failed authentication, for example [401, 403]".into(),
+        ));
+    }
+    if let Some(status) = ban.statuses.iter().find(|status| !(100..=599).contains(*status)) {
+        return Err(loaded.invalid(
+            0..0,
+            format!("invalid HTTP status {status} in ban.statuses: use codes from 100 to 599, for example [401, 403]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Returns the span of the first occurrence of `needle` in `source`, or
+/// the start of the file when it does not occur.
+fn span_of(source: &str, needle: &str) -> std::ops::Range<usize> {
+    match source.find(needle) {
+        Some(start) => start..start + needle.len(),
+        None => 0..0,
+    }
 }
 
 /// Parses `UID:GID`.

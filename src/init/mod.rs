@@ -11,6 +11,7 @@
 //! a safe state.
 
 pub mod backoff;
+pub mod ban;
 pub mod bless;
 pub mod block;
 pub mod cgroups;
@@ -20,6 +21,7 @@ pub mod dm;
 pub mod health;
 pub mod logfile;
 pub mod logger;
+pub mod metrics;
 pub mod modules;
 pub mod mounts;
 pub mod netns;

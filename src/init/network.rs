@@ -29,6 +29,7 @@
 //! namespace. Loopback is open in the ruleset, so its health checks on
 //! 127.0.0.1 keep working.
 
+pub mod ban_set;
 pub mod isolate;
 pub mod links;
 pub mod probe;
@@ -71,8 +72,9 @@ const MODULES: &[&str] = &[
     "virtio_net",
 ];
 
-/// Brings up the networks of `plan`.
-pub fn run(plan: &AppliancePlan) -> Result<(), String> {
+/// Brings up the networks of `plan` and returns the network plan it
+/// applied, or None when the image has no network file.
+pub fn run(plan: &AppliancePlan) -> Result<Option<NetworkPlan>, String> {
     set_up("lo").map_err(|error| format!("bringing up the loopback interface lo failed: {error}"))?;
     log::info!("loopback interface lo is up");
 
@@ -83,14 +85,14 @@ pub fn run(plan: &AppliancePlan) -> Result<(), String> {
             path.display(),
             plan.services.len()
         );
-        return Ok(());
+        return Ok(None);
     }
     let network = load(path)?;
     apply(&network.plan)?;
     if network.probe {
         probe::enable(&network.plan);
     }
-    Ok(())
+    Ok(Some(network.plan))
 }
 
 fn load(path: &Path) -> Result<ApplianceNetwork, String> {

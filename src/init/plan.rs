@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::ban::BanSettings;
 use super::order::{self, OrderError};
 use crate::config::{Definition, Health, KeyFile, Unlock};
 
@@ -38,6 +39,10 @@ pub struct AppliancePlan {
     /// Unlock method and layout of the data partition.
     #[serde(default)]
     pub storage: StoragePlan,
+    /// The service whose access log bans clients, and the limits, or None
+    /// when banning is off.
+    #[serde(default)]
+    pub ban: Option<BanSettings>,
 }
 
 /// The storage phase's settings, from the definition's `[storage]`.
@@ -285,6 +290,7 @@ pub fn from_definition(definition: &Definition) -> Result<AppliancePlan, PlanErr
             ..StoragePlan::default()
         },
         services,
+        ban: BanSettings::from_definition(&definition.ban),
     };
 
     let order = order::start_order(&plan.graph())?;

@@ -12,6 +12,8 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::metrics::MetricsServer;
+use super::network::ban_set::BanSet;
 use super::phases::{panic_message, PhaseLog};
 use super::plan::{AppliancePlan, PLAN_PATH};
 use super::shutdown::{self, Shutdown};
@@ -39,6 +41,7 @@ enum Source {
     Button(usize),
     Supervisor,
     Status,
+    Metrics,
 }
 
 /// The state of PID 1 after the switch to the root filesystem.
@@ -58,6 +61,11 @@ struct Init {
     signals: Option<SignalFd>,
     buttons: Vec<PowerButton>,
     status_server: StatusServer,
+    /// The `GET /metrics` listener on the monitoring segment, when the
+    /// network plan has one.
+    metrics: Option<MetricsServer>,
+    /// The ban tracker of the service that `[ban]` names.
+    ban: Option<BanSet>,
     next_device_scan: Instant,
     ready: bool,
     ready_timeout_logged: bool,
@@ -120,6 +128,7 @@ impl Init {
             ready_timeout_secs: 0,
             services: Vec::new(),
             storage: Default::default(),
+            ban: None,
         };
         let now = Instant::now();
         Self {
@@ -136,6 +145,8 @@ impl Init {
             signals,
             buttons: Vec::new(),
             status_server: StatusServer::default(),
+            metrics: None,
+            ban: None,
             next_device_scan: now,
             ready: false,
             ready_timeout_logged: false,
@@ -223,7 +234,12 @@ impl Init {
                 let mut storage_status = StorageStatus::default();
                 self.phases.run("storage", || storage::run(plan, data_label.as_deref(), &mut storage_status));
                 self.storage = Some(storage_status);
-                self.phases.run("network", || network::run(plan));
+                let mut network_plan = None;
+                self.phases.run("network", || {
+                    network_plan = network::run(plan)?;
+                    Ok(())
+                });
+                self.metrics = network_plan.as_ref().and_then(start_metrics);
             }
             None => {
                 self.phases.skip("storage", "no appliance plan");
@@ -257,6 +273,13 @@ impl Init {
             self.supervisor = supervisor;
             self.supervising = true;
         }
+        if let Some(settings) = plan.ban {
+            if self.supervisor.watch_output(&settings.service) {
+                self.ban = Some(BanSet::start(settings));
+            } else {
+                log::error!("ban: service {} is not in the appliance plan; no client is banned", settings.service);
+            }
+        }
     }
 
     /// One round of the main loop: wait for events, handle them, run what
@@ -280,6 +303,9 @@ impl Init {
         }
         for fd in self.status_server.poll_fds(now) {
             add(fd, libc::POLLIN, Source::Status);
+        }
+        for fd in self.metrics.iter().flat_map(MetricsServer::poll_fds) {
+            add(fd, libc::POLLIN, Source::Metrics);
         }
 
         let timeout = self.poll_timeout(now);
@@ -319,8 +345,18 @@ impl Init {
                     let snapshot = self.status_snapshot();
                     self.status_server.on_fd_ready(poll_fd.fd, poll_fd.revents, now, &|| snapshot.clone());
                 }
+                Source::Metrics => {
+                    // Taken out for the call, because the snapshot borrows
+                    // the whole of `self`. The status is built only for a
+                    // complete request.
+                    if let Some(mut metrics) = self.metrics.take() {
+                        metrics.on_fd_ready(poll_fd.fd, now, &|| self.status_snapshot());
+                        self.metrics = Some(metrics);
+                    }
+                }
             }
         }
+        self.read_watched_output();
         for index in gone_buttons.into_iter().rev() {
             self.buttons.remove(index);
         }
@@ -329,6 +365,9 @@ impl Init {
         self.reap(now);
         self.supervisor.tick(now);
         self.status_server.expire(now);
+        if let Some(metrics) = &mut self.metrics {
+            metrics.expire(now);
+        }
         self.check_ready();
         if now >= self.next_device_scan {
             self.scan_devices(now);
@@ -384,6 +423,7 @@ impl Init {
         let deadlines = [
             self.supervisor.next_deadline(),
             self.status_server.next_deadline(),
+            self.metrics.as_ref().and_then(MetricsServer::next_deadline),
             self.shutdown.as_ref().and_then(Shutdown::deadline),
         ];
         let wait = deadlines
@@ -394,6 +434,16 @@ impl Init {
             .min(MAX_POLL_WAIT);
         // Round up, so the loop does not wake just before a deadline.
         wait.as_millis() as i32 + i32::from(wait.subsec_nanos() % 1_000_000 != 0)
+    }
+
+    /// Passes the lines that the watched service wrote to the ban tracker.
+    fn read_watched_output(&mut self) {
+        let lines = self.supervisor.take_watched_lines();
+        let Some(ban) = &mut self.ban else { return };
+        let now_ms = monotonic_ms();
+        for line in lines {
+            ban.observe(&line, now_ms);
+        }
     }
 
     fn read_signals(&mut self) -> Option<Action> {
@@ -535,6 +585,23 @@ impl Init {
             init_rss_kib: own_rss_kib(),
             storage: self.storage.clone(),
             wireguard: network::wireguard::statuses(),
+            ban: self.ban.as_ref().map(|ban| ban.status(monotonic_ms())),
+        }
+    }
+}
+
+/// Binds the metrics listener of `plan`'s monitoring segment, if it has
+/// one. A failure is logged, and the appliance runs without metrics.
+fn start_metrics(plan: &crate::net::NetworkPlan) -> Option<MetricsServer> {
+    let (address, subnet) = plan.metrics_endpoint()?;
+    match MetricsServer::bind(address) {
+        Ok(server) => {
+            log::info!("metrics: serving GET /metrics on {address} to the monitoring segment {subnet}");
+            Some(server)
+        }
+        Err(error) => {
+            log::error!("metrics: binding {address} failed: {error}; Prometheus cannot scrape ztms-init");
+            None
         }
     }
 }

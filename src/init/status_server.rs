@@ -484,6 +484,7 @@ mod tests {
             init_rss_kib: 0,
             storage: None,
             wireguard: Vec::new(),
+            ban: None,
         }
     }
 

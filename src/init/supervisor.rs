@@ -45,6 +45,9 @@ const NOT_HEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(30);
 const EXEC_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Time after `crun run` starts during which the main process is polled for.
 const EXEC_POLL_PERIOD: Duration = Duration::from_secs(10);
+/// Lines of the watched service kept until the main loop takes them. The
+/// loop takes them after every read, so only a stalled loop reaches it.
+const MAX_WATCHED_LINES: usize = 4096;
 
 /// Launcher of a service's process: crun, or a plain process in unit tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +119,10 @@ pub struct Supervisor {
     use_cgroups: bool,
     runner: Runner,
     shutting_down: bool,
+    /// Index of the service whose output lines are also kept for the main
+    /// loop (the ban tracker's input), and those lines.
+    watched: Option<usize>,
+    watched_lines: Vec<String>,
 }
 
 fn since_start_ms(started_at: Option<Instant>, now: Instant) -> u64 {
@@ -187,7 +194,22 @@ impl Supervisor {
             use_cgroups,
             runner,
             shutting_down: false,
+            watched: None,
+            watched_lines: Vec::new(),
         }
+    }
+
+    /// Keeps the output lines of the service `name` for
+    /// [`take_watched_lines`](Self::take_watched_lines). Returns false
+    /// when no service has that name.
+    pub fn watch_output(&mut self, name: &str) -> bool {
+        self.watched = self.services.iter().position(|service| service.plan.name == name);
+        self.watched.is_some()
+    }
+
+    /// Returns the watched service's lines read since the last call.
+    pub fn take_watched_lines(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.watched_lines)
     }
 
     pub fn len(&self) -> usize {
@@ -728,6 +750,9 @@ impl Supervisor {
     }
 
     fn record_line(&mut self, index: usize, line: String) {
+        if self.watched == Some(index) && self.watched_lines.len() < MAX_WATCHED_LINES {
+            self.watched_lines.push(line.clone());
+        }
         let service = &mut self.services[index];
         log::info!(target: SERVICE_OUTPUT, "{}: {line}", service.plan.name);
         service.tail.push(line);
@@ -842,6 +867,7 @@ mod tests {
             ready_timeout_secs: 10,
             services,
             storage: Default::default(),
+            ban: None,
         }
     }
 
@@ -992,6 +1018,33 @@ mod tests {
         assert_eq!(status.state, ServiceState::SpawnFailed);
         assert_eq!(status.restarts, 1);
         assert!(status.last_exit.unwrap().starts_with("start failed:"));
+    }
+
+    #[test]
+    fn watched_service_lines_are_kept() {
+        if !can_spawn() {
+            return;
+        }
+        let plan = plan(vec![
+            service("proxy", &["/bin/sh", "-c", "echo client=10.0.2.2 status=401; echo done"], HealthPlan::None, &[]),
+            service("other", &["/bin/sh", "-c", "echo client=10.0.2.3 status=401"], HealthPlan::None, &[]),
+        ]);
+        let mut supervisor = Supervisor::with_runner(&plan, false, Runner::Process);
+        assert!(supervisor.watch_output("proxy"));
+        supervisor.tick(Instant::now());
+        let mut lines = Vec::new();
+        drive(&mut supervisor, Duration::from_secs(5), |s| s.statuses().iter().all(|status| status.restarts > 0));
+        lines.extend(supervisor.take_watched_lines());
+        stop_all(&mut supervisor);
+
+        assert_eq!(lines, ["client=10.0.2.2 status=401", "done"]);
+        assert!(supervisor.take_watched_lines().is_empty());
+    }
+
+    #[test]
+    fn unknown_service_is_not_watched() {
+        let mut supervisor = Supervisor::with_runner(&plan(Vec::new()), false, Runner::Process);
+        assert!(!supervisor.watch_output("proxy"));
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! The document first adds the table and then deletes it, so applying it
 //! replaces any earlier version atomically: the kernel never runs a mix of
 //! old and new rules, and a failed apply leaves the old ruleset in place.
-//! Deleting the table resets its counters and empties the `isolated` set,
-//! so [`ruleset`] takes the isolated addresses to carry over.
+//! Deleting the table resets its counters and empties the `isolated` and
+//! `banned` sets, so [`ruleset`] takes the isolated addresses to carry
+//! over. Bans are not carried over: they end when the table is replaced.
 //!
 //! Layout:
-//! - `prerouting` (filter, priority raw): isolation, then source-address
-//!   validation before conntrack tracks the packet. A packet that enters by a
+//! - `prerouting` (filter, priority raw): isolation, then banned clients,
+//!   then source-address validation before conntrack tracks the packet. A packet that enters by a
 //!   service's host link or `wg-remote` must carry an `(interface, address)`
 //!   pair of the `sources` set; a packet from anywhere else must not carry an
 //!   internal address.
@@ -44,10 +45,14 @@ use crate::config::{Egress, Proto};
 pub const TABLE: &str = "ztms";
 /// Set of addresses cut off from every network (`ztms isolate`).
 pub const ISOLATED_SET: &str = "isolated";
+/// Set of client addresses banned for failed authentications, each with
+/// its own timeout.
+pub const BANNED_SET: &str = "banned";
 /// Named counters on the drop rules, read by the status API with
 /// `nft -j list counters table inet ztms`.
 pub const COUNTERS: &[&str] = &[
     "drop_isolated",
+    "drop_banned",
     "drop_spoofed",
     "drop_martian",
     "drop_invalid",
@@ -147,6 +152,27 @@ pub fn release(address: Ipv4Addr) -> Nftables<'static> {
     batch.to_nftables()
 }
 
+/// Returns the command that bans `address` for `seconds`: one element
+/// added to the `banned` set, which the kernel deletes when its timeout
+/// ends. Adding an address that is already in the set keeps its timeout.
+pub fn ban(address: Ipv4Addr, seconds: u32) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: BANNED_SET.into(),
+        elem: vec![Expression::Named(NamedExpression::Elem(expr::Elem {
+            val: Box::new(string(address.to_string())),
+            timeout: Some(seconds),
+            expires: None,
+            comment: None,
+            counter: None,
+        }))]
+        .into(),
+    }));
+    batch.to_nftables()
+}
+
 /// Serializes a document for `nft -j -f -`.
 pub fn to_json(document: &Nftables<'_>) -> String {
     serde_json::to_string(document).expect("nftables documents serialize to JSON")
@@ -170,6 +196,20 @@ fn add_sets(batch: &mut Batch<'static>, plan: &NetworkPlan, isolated: &[Ipv4Addr
     isolated.dedup();
     let isolated = isolated.iter().map(|a| string(a.to_string())).collect();
     add_set(batch, ISOLATED_SET, address(), isolated);
+    batch.add(NfListObject::Set(Box::new(schema::Set {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: BANNED_SET.into(),
+        handle: None,
+        set_type: address(),
+        policy: None,
+        flags: Some(HashSet::from([schema::SetFlag::Timeout])),
+        elem: None,
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    })));
 
     // The plan's flows are sorted and unique, which keeps the JSON stable.
     let flows = plan
@@ -194,7 +234,8 @@ fn add_sets(batch: &mut Batch<'static>, plan: &NetworkPlan, isolated: &[Ipv4Addr
         .iter()
         .map(|service| concat(vec![string(service.host_link.clone()), string(service.address.to_string())]))
         .collect();
-    let mut guarded: Vec<Expression> = plan.services.iter().map(|service| string(service.host_link.clone())).collect();
+    let service_links: Vec<Expression> = plan.services.iter().map(|service| string(service.host_link.clone())).collect();
+    let mut guarded = service_links.clone();
     if let Some(remote) = &plan.remote {
         for (_, address) in &remote.peers {
             sources.push(concat(vec![string(REMOTE_INTERFACE), string(address.to_string())]));
@@ -203,6 +244,7 @@ fn add_sets(batch: &mut Batch<'static>, plan: &NetworkPlan, isolated: &[Ipv4Addr
     }
     add_set(batch, "sources", SetTypeValue::Concatenated(vec![SetType::Ifname, SetType::Ipv4Addr].into()), sources);
     add_set(batch, "guarded", SetTypeValue::Single(SetType::Ifname), guarded);
+    add_set(batch, "service_links", SetTypeValue::Single(SetType::Ifname), service_links);
 
     for (name, egress) in [("egress_internet", Egress::Internet), ("egress_vpn", Egress::Vpn)] {
         let members = plan
@@ -293,6 +335,19 @@ impl Builder<'_> {
 
     fn prerouting(&self) -> Vec<RuleSpec> {
         let mut rules = self.isolation();
+        // Before any accept, so that a ban cuts open connections too. Only
+        // traffic from outside is dropped, so a service or the host itself
+        // is never banned by an address it shares with a client.
+        rules.push((
+            vec![
+                not_equal(meta(MetaKey::Iifname), string("lo")),
+                not_equal(meta(MetaKey::Iifname), set_ref("service_links")),
+                matches(ip("saddr"), set_ref(BANNED_SET)),
+                counter("drop_banned"),
+                drop_packet(),
+            ],
+            "banned client",
+        ));
         rules.push((vec![matches(meta(MetaKey::Iifname), string("lo")), accept()], "loopback"));
         rules.push(self.ipv6_off(Some(MetaKey::Iifname)));
         rules.push((
@@ -337,6 +392,18 @@ impl Builder<'_> {
                     accept(),
                 ],
                 "WireGuard remote access",
+            ));
+        }
+        if let Some((endpoint, subnet)) = self.plan.metrics_endpoint() {
+            rules.push((
+                vec![
+                    matches(ip("saddr"), prefix_expr(subnet.network, subnet.prefix)),
+                    matches(ip("daddr"), string(endpoint.ip().to_string())),
+                    matches(meta(MetaKey::L4proto), string("tcp")),
+                    matches(th("dport"), number(endpoint.port())),
+                    accept(),
+                ],
+                "metrics of ztms-init for the monitoring segment",
             ));
         }
         if self.plan.uplink.ipv4 == UplinkIpv4::Dhcp {

@@ -13,7 +13,7 @@
 //! sent it, which the source-address check relies on.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,10 @@ use crate::config::{Definition, Egress, Health, Proto};
 
 /// Name of the service's end of its veth pair inside its namespace.
 pub const SERVICE_LINK_NAME: &str = "eth0";
+/// Segment whose services may read ztms-init's metrics.
+pub const MONITORING_SEGMENT: &str = "monitoring";
+/// TCP port of ztms-init's metrics on the monitoring segment's gateway.
+pub const METRICS_PORT: u16 = 9310;
 
 /// A definition that has no consistent network plan. Each message names the
 /// value and the fix.
@@ -258,6 +262,18 @@ impl NetworkPlan {
     /// Returns the service with `name`.
     pub fn service(&self, name: &str) -> Option<&ServiceNetwork> {
         self.services.iter().find(|service| service.name == name)
+    }
+
+    /// Returns the address that ztms-init's metrics listen on, the
+    /// monitoring segment's gateway, with the subnet allowed to connect.
+    /// None when no service is in the monitoring segment, because the
+    /// gateway address exists only on its services' host links.
+    pub fn metrics_endpoint(&self) -> Option<(SocketAddrV4, Subnet)> {
+        let segment = self.segments.iter().find(|segment| segment.name == MONITORING_SEGMENT)?;
+        if !self.services.iter().any(|service| service.segment == segment.name) {
+            return None;
+        }
+        Some((SocketAddrV4::new(segment.gateway, METRICS_PORT), segment.subnet))
     }
 }
 

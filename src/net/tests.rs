@@ -519,3 +519,94 @@ fn appliance_keys_default_to_data_secrets() {
     let remote = plan.remote.expect("media stack has remote access");
     assert_eq!(remote.device.private_key_file, Path::new("/data/secrets/wireguard/remote.key"));
 }
+
+#[test]
+fn banned_clients_dropped_before_any_accept() {
+    let document = ruleset_json(&media_plan());
+    let rules = chain_rules(&document, "prerouting");
+    let banned = rules
+        .iter()
+        .position(|rule| rule.to_string().contains("@banned"))
+        .expect("a prerouting rule looks up @banned");
+    let first_accept = rules.iter().position(is_accept).expect("prerouting accepts loopback");
+    assert!(banned < first_accept, "banned rule {banned} comes after accept {first_accept}");
+
+    let rule = rules[banned].as_array().unwrap();
+    let iifname = json!({"meta": {"key": "iifname"}});
+    let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+    assert!(rule.contains(&json!({"match": {"op": "!=", "left": iifname, "right": "lo"}})));
+    assert!(rule.contains(&json!({"match": {"op": "!=", "left": iifname, "right": "@service_links"}})));
+    assert!(rule.contains(&json!({"match": {"op": "==", "left": saddr, "right": "@banned"}})));
+    assert!(rule.contains(&json!({"counter": "drop_banned"})));
+    assert!(rule.contains(&json!({"drop": null})));
+}
+
+#[test]
+fn banned_set_has_timeout_flag() {
+    let document = ruleset_json(&media_plan());
+    let set = document["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|command| command["add"].get("set"))
+        .find(|set| set["name"] == "banned")
+        .expect("set banned")
+        .clone();
+    assert_eq!(set["type"], "ipv4_addr");
+    assert_eq!(set["flags"], json!(["timeout"]));
+    assert!(set.get("elem").is_none());
+}
+
+#[test]
+fn service_links_set_lists_host_links_only() {
+    let plan = media_plan();
+    let document = ruleset_json(&plan);
+    let links: Vec<Value> = plan.services.iter().map(|service| json!(service.host_link)).collect();
+    assert_eq!(set_elements(&document, "service_links"), links);
+}
+
+#[test]
+fn ban_adds_element_with_timeout() {
+    let document: Value =
+        serde_json::from_str(&nftables::to_json(&nftables::ban(Ipv4Addr::new(10, 0, 2, 2), 600))).unwrap();
+    let commands = document["nftables"].as_array().unwrap();
+    assert_eq!(commands.len(), 1);
+    let element = &commands[0]["add"]["element"];
+    assert_eq!(element["table"], "ztms");
+    assert_eq!(element["name"], "banned");
+    // The crate writes the element's other keys as null, which nft 1.0.6
+    // accepts as absent.
+    assert_eq!(element["elem"][0]["elem"]["val"], "10.0.2.2");
+    assert_eq!(element["elem"][0]["elem"]["timeout"], 600);
+}
+
+#[test]
+fn metrics_port_open_to_monitoring_segment_only() {
+    let plan = media_plan();
+    let (endpoint, subnet) = plan.metrics_endpoint().expect("prometheus is in the monitoring segment");
+    assert_eq!(endpoint.to_string(), "10.80.4.1:9310");
+    assert_eq!(subnet.to_string(), "10.80.4.0/24");
+
+    let document = ruleset_json(&plan);
+    let dport = json!({"payload": {"protocol": "th", "field": "dport"}});
+    let rules: Vec<Value> = chain_rules(&document, "input")
+        .into_iter()
+        .filter(|rule| matches_value(rule, &dport, &json!(9310)))
+        .collect();
+    assert_eq!(rules.len(), 1);
+    let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+    let daddr = json!({"payload": {"protocol": "ip", "field": "daddr"}});
+    assert!(matches_value(&rules[0], &saddr, &json!({"prefix": {"addr": "10.80.4.0", "len": 24}})));
+    assert!(matches_value(&rules[0], &daddr, &json!("10.80.4.1")));
+    assert!(is_accept(&rules[0]));
+}
+
+#[test]
+fn metrics_closed_without_monitoring_service() {
+    let plan = NetworkPlan::from_definition(&definition(&with_service(""))).unwrap();
+    assert_eq!(plan.metrics_endpoint(), None);
+    let document = ruleset_json(&plan);
+    let dport = json!({"payload": {"protocol": "th", "field": "dport"}});
+    let opened = chain_rules(&document, "input").iter().any(|rule| matches_value(rule, &dport, &json!(9310)));
+    assert!(!opened);
+}

@@ -109,7 +109,7 @@ fn apply(request: &IsolateRequest) -> Result<bool, String> {
 
 /// Runs `nft` with `input` and returns its standard output and error. It
 /// does not wait for the exit status, which the main loop's reaper takes.
-fn run_nft(args: &[&str], input: &str) -> Result<(String, String), String> {
+pub(super) fn run_nft(args: &[&str], input: &str) -> Result<(String, String), String> {
     let mut child = Command::new(NFT)
         .args(args)
         .stdin(Stdio::piped())
