@@ -193,6 +193,7 @@ mod tests {
             ready_timeout_secs: 1,
             services: Vec::new(),
             storage: Default::default(),
+            secrets: Vec::new(),
         };
         let mut supervisor = Supervisor::new(&plan, false);
         let mut shutdown = Shutdown::begin(Action::PowerOff, &mut supervisor);

@@ -842,6 +842,7 @@ mod tests {
             ready_timeout_secs: 10,
             services,
             storage: Default::default(),
+            secrets: Vec::new(),
         }
     }
 
