@@ -660,7 +660,7 @@ fn audit_passes_default_spec() {
     let rows = audit_one(&service, &spec);
     assert!(failed_items(&rows).is_empty(), "{}", render_table(&rows));
     for item in [
-        "4.1", "5.3", "5.4", "5.5", "5.9", "5.10", "5.11", "5.12", "5.14", "5.15", "5.16", "5.17", "5.19",
+        "4.1", "4.10", "5.3", "5.4", "5.5", "5.9", "5.10", "5.11", "5.12", "5.14", "5.15", "5.16", "5.17", "5.19",
         "5.20", "5.21", "5.24", "5.25", "5.26", "5.28", "5.30", "5.31",
     ] {
         assert!(rows.iter().any(|row| row.item == item), "item {item} missing");
@@ -816,4 +816,28 @@ fn audit_definition_covers_each_service() {
         .map(|row| row.item)
         .collect();
     assert_eq!(web_failures, ["5.26"]);
+}
+
+#[test]
+fn audit_lists_secret_files() {
+    let service = service(&format!("{TYPICAL}secrets = [\"api-key\"]\n"));
+    let spec = spec_for(&service);
+    let rows = audit_one(&service, &spec);
+    let row = rows.iter().find(|row| row.item == "4.10").expect("item 4.10");
+    assert_eq!(row.outcome, Outcome::Pass, "{row:?}");
+    assert!(row.detail.contains("/run/secrets/api-key"), "{row:?}");
+}
+
+#[test]
+fn audit_fails_writable_secret() {
+    let service = service(&format!("{TYPICAL}secrets = [\"api-key\"]\n"));
+    let mut spec = spec_for(&service);
+    for mount in spec.mounts_mut().as_mut().unwrap() {
+        if mount.destination().starts_with("/run/secrets") {
+            let options: Vec<String> = options(mount).into_iter().filter(|option| option != "ro").collect();
+            mount.set_options(Some(options));
+        }
+    }
+    let failed = failed_items(&audit_one(&service, &spec));
+    assert!(failed.contains(&"4.10"), "{failed:?}");
 }
