@@ -99,6 +99,31 @@ pub fn run(plan: &AppliancePlan) -> Result<(), String> {
     }
 }
 
+/// Generates the secret file `path` of `service` if it is missing, when
+/// the container starts. A secret deleted to rotate it is then made again
+/// at the service's next start, with the service's user as owner.
+pub fn ensure_for_service(path: &Path, service: &str, uid: u32, gid: u32) -> Result<(), String> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(format!("secret path {} has no directory or file name", path.display()));
+    };
+    let secret = SecretPlan {
+        name: name.to_string_lossy().into_owned(),
+        path: path.to_path_buf(),
+        uid,
+        gid,
+        mode: crate::runtime::SECRET_MODE,
+        services: vec![service.to_string()],
+    };
+    match ensure(dir, &secret, fill_random) {
+        Ok(Ensured::Generated) => {
+            log::info!("secrets: generated {} for {service}", secret.name);
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// Creates `dir` when `/data` is new (or a tmpfs), and makes it root's
 /// with mode 0700 otherwise.
 fn prepare_dir(dir: &Path) -> Result<(), SecretError> {
@@ -374,6 +399,24 @@ mod tests {
 
         let error = ensure(dir.path(), &secret("token"), filled_with(1)).unwrap_err();
         assert!(matches!(error, SecretError::Empty { .. }), "{error}");
+    }
+
+    #[test]
+    fn deleted_secret_regenerated_at_service_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        ensure_for_service(&path, "postgres", uid, gid).unwrap();
+        let first = fs::read(&path).unwrap();
+
+        ensure_for_service(&path, "postgres", uid, gid).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), first, "an existing secret was rewritten");
+
+        fs::remove_file(&path).unwrap();
+        ensure_for_service(&path, "postgres", uid, gid).unwrap();
+        assert_ne!(fs::read(&path).unwrap(), first, "the rotated secret has the old value");
+        assert_eq!(mode_of(&path), 0o400);
     }
 
     #[test]

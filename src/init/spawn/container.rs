@@ -55,7 +55,7 @@ pub fn prepare(name: &str) -> Result<PathBuf, String> {
             root.set_path(PathBuf::from(ROOT_BIND));
         }
     }
-    create_host_directories(&spec)?;
+    create_host_directories(name, &spec)?;
 
     let bundle = Path::new(RUN_BUNDLES).join(name);
     fs::DirBuilder::new()
@@ -87,9 +87,9 @@ fn bind_root() -> Result<(), String> {
 }
 
 /// Creates the host side of the volume bind mounts; a new directory
-/// belongs to the service's user. A missing secret file is an error and is
-/// never created here, because only the secrets phase writes secrets.
-fn create_host_directories(spec: &Spec) -> Result<(), String> {
+/// belongs to the service's user. A missing secret file, deleted to rotate
+/// the secret, is generated again.
+fn create_host_directories(name: &str, spec: &Spec) -> Result<(), String> {
     let (uid, gid) = spec
         .process()
         .as_ref()
@@ -103,10 +103,8 @@ fn create_host_directories(spec: &Spec) -> Result<(), String> {
             continue;
         }
         if host.starts_with(secrets) {
-            return Err(format!(
-                "secret file {} is missing; the secrets phase creates it at boot, so look for its error in the log",
-                host.display()
-            ));
+            crate::init::secrets::ensure_for_service(host, name, uid, gid)?;
+            continue;
         }
         fs::create_dir_all(host).map_err(|error| format!("creating {} failed: {error}", host.display()))?;
         std::os::unix::fs::chown(host, Some(uid), Some(gid))
