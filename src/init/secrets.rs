@@ -124,8 +124,8 @@ pub fn ensure_for_service(path: &Path, service: &str, uid: u32, gid: u32) -> Res
     }
 }
 
-/// Creates `dir` when `/data` is new (or a tmpfs), and makes it root's
-/// with mode 0700 otherwise.
+/// Creates `dir` when `/data` is new (or a tmpfs). Otherwise sets its
+/// owner to root and its mode to 0700 where they differ.
 fn prepare_dir(dir: &Path) -> Result<(), SecretError> {
     let io_error = |action, source| SecretError::Io {
         action,
