@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{boot, image, output_of, scratch, BOOT_TIMEOUT};
-use ztms::status::{ServiceStatus, Status};
+use harness::{boot, fresh_config, image, output_of, scratch, start, TestVm, BOOT_TIMEOUT};
+use ztms::status::{PhaseState, ServiceStatus, Status};
 
 fn service<'a>(status: &'a Status, name: &str) -> &'a ServiceStatus {
     status
@@ -89,6 +89,76 @@ fn memory_hog_is_killed_and_backs_off() {
     assert!(web.healthy, "web was affected by the memory hog: {web:?}");
     assert_eq!(web.restarts, 0, "{web:?}");
     assert_eq!(status.zombies, 0, "PID 1 left zombies");
+}
+
+/// Waits for the line of `service` that starts with `prefix` and returns
+/// the rest of it.
+fn service_line(vm: &TestVm, service: &str, prefix: &str) -> String {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let lines = output_of(&vm.console(), service);
+        if let Some(rest) = lines.iter().find_map(|line| line.strip_prefix(prefix)) {
+            return rest.to_string();
+        }
+        assert!(Instant::now() < deadline, "no line {prefix:?} from {service}:\n{}", vm.console_tail(40));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Checks the secrets of one boot and returns the SHA-256 of the shared
+/// secret as the services print it.
+fn check_secrets(vm: &TestVm, boot: &str) -> String {
+    // Each service prints this line after its checks.
+    service_line(vm, "secret-reader", "checks-done");
+    service_line(vm, "secret-peer", "checks-done");
+
+    let reader_hash = service_line(vm, "secret-reader", "secret-sha256: ");
+    let peer_hash = service_line(vm, "secret-peer", "secret-sha256: ");
+    assert_eq!(reader_hash.len(), 64, "{boot}: {reader_hash:?}");
+    assert_eq!(reader_hash, peer_hash, "{boot}: the two services read different secrets");
+    // The service's own user reads it: 1000:1000 is the default user.
+    assert_eq!(service_line(vm, "secret-reader", "secret-mode: "), "400 1000:1000", "{boot}");
+    // 32 random bytes as base64 without padding or newline.
+    assert_eq!(service_line(vm, "secret-reader", "secret-bytes: "), "43", "{boot}");
+
+    let reader = output_of(&vm.console(), "secret-reader");
+    assert!(reader.iter().any(|line| line == "secret-not-in-env"), "{boot}: {reader:?}");
+    assert!(!reader.iter().any(|line| line == "secret-in-env"), "{boot}: {reader:?}");
+    assert!(reader.iter().any(|line| line == "secret-not-writable"), "{boot}: {reader:?}");
+    let peer = output_of(&vm.console(), "secret-peer");
+    assert!(peer.iter().any(|line| line == "other-secret-absent"), "{boot}: {peer:?}");
+
+    let status = vm.status(Duration::from_secs(10)).expect("status over virtio-serial");
+    let phase = status.phases.iter().find(|phase| phase.name == "secrets").expect("secrets phase in the status");
+    assert_eq!(phase.state, PhaseState::Done, "{boot}: {phase:?}");
+    reader_hash
+}
+
+#[test]
+fn secrets_generated_once_and_kept() {
+    let test = "secrets_generated_once_and_kept";
+    let image = image("test-runtime");
+    let mut config = fresh_config(test, &image);
+
+    let mut vm = start(test, &config);
+    vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+    let first = check_secrets(&vm, "first boot");
+    let console = vm.console();
+    assert!(
+        console.contains("secrets: generated test-token for secret-reader, secret-peer"),
+        "no generation line on the first boot"
+    );
+    vm.power_down(Duration::from_secs(90)).expect("clean power-off");
+    drop(vm);
+
+    // Second boot on the same disk and TPM: the secret is kept.
+    config.keep_disk = true;
+    let mut vm = start(test, &config);
+    vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+    let second = check_secrets(&vm, "second boot");
+    assert_eq!(first, second, "the secret changed across a reboot");
+    assert!(!vm.console().contains("secrets: generated"), "a secret was generated again");
+    vm.power_down(Duration::from_secs(90)).expect("clean power-off");
 }
 
 fn ztms(args: &[&str]) -> std::process::Output {

@@ -205,6 +205,13 @@ pub struct Service {
     /// Directories of `/data` bound into the container.
     #[serde(default)]
     pub volumes: Vec<Volume>,
+    /// Names of secrets: lowercase letters, digits and `-`. ztms-init
+    /// generates each one at first boot into `/data/secrets/<name>` (32
+    /// random bytes, URL-safe base64 without padding) and binds it
+    /// read-only at `/run/secrets/<name>`. Services that list the same name
+    /// share the secret and must have the same `user`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Services that must be healthy before this one starts.
     #[serde(default)]
     pub depends_on: Vec<String>,

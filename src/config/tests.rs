@@ -176,3 +176,51 @@ fn ban_with_invalid_status_is_rejected() {
     let error = error_of(&format!("{MINIMAL}\n[ban]\nstatuses = [401, 4031]\n"));
     assert!(error.contains("invalid HTTP status 4031 in ban.statuses"), "{error}");
 }
+
+fn service_with(name: &str, extra: &str) -> String {
+    format!("\n[[service]]\nname = \"{name}\"\nsegment = \"backend\"\ncommand = [\"/bin/app\"]\n{extra}\n")
+}
+
+#[test]
+fn secrets_shared_by_two_services_accepted() {
+    let text = format!(
+        "{MINIMAL}{}{}",
+        service_with("postgres", "secrets = [\"postgres-password\"]"),
+        service_with("postgres-exporter", "secrets = [\"postgres-password\"]")
+    );
+    let loaded = parse(Path::new("t.toml"), text).unwrap();
+    assert_eq!(loaded.definition.services[1].secrets, ["postgres-password"]);
+}
+
+#[test]
+fn invalid_secret_name_names_service_value_and_fix() {
+    let text = format!("{MINIMAL}{}", service_with("app", "secrets = [\"DB_Password\"]"));
+    let error = error_of(&text);
+    assert!(error.starts_with("images/t.toml:"), "{error}");
+    assert!(error.contains("\"app\""), "{error}");
+    assert!(error.contains("\"DB_Password\""), "{error}");
+    assert!(error.contains("lowercase letters, digits and '-'"), "{error}");
+}
+
+#[test]
+fn shared_secret_with_different_users_rejected() {
+    let text = format!(
+        "{MINIMAL}{}{}",
+        service_with("postgres", "user = \"999:999\"\nsecrets = [\"postgres-password\"]"),
+        service_with("exporter", "secrets = [\"postgres-password\"]")
+    );
+    let error = error_of(&text);
+    assert!(error.contains("\"postgres-password\""), "{error}");
+    assert!(error.contains("same user"), "{error}");
+}
+
+#[test]
+fn volume_of_secrets_directory_rejected() {
+    let text = format!(
+        "{MINIMAL}{}",
+        service_with("app", "volumes = [{ source = \"secrets/app\", target = \"/secrets\" }]")
+    );
+    let error = error_of(&text);
+    assert!(error.contains("exposes /data/secrets"), "{error}");
+    assert!(error.contains("\"secrets/app\""), "{error}");
+}

@@ -81,6 +81,7 @@ pub(super) fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     validate_segments(loaded)?;
     validate_services(loaded)?;
     validate_ban(loaded)?;
+    validate_secrets(loaded)?;
     validate_network(loaded)
 }
 
@@ -283,6 +284,47 @@ fn span_of(source: &str, needle: &str) -> std::ops::Range<usize> {
         Some(start) => start..start + needle.len(),
         None => 0..0,
     }
+}
+
+/// Checks the services' `secrets` by computing the secrets plan, and that
+/// no volume exposes the secrets directory, which would bypass the
+/// per-secret binds.
+fn validate_secrets(loaded: &Loaded) -> Result<(), ConfigError> {
+    use crate::runtime::SecretsError;
+
+    for service in &loaded.definition.services {
+        let name = service.name.get_ref();
+        for volume in &service.volumes {
+            let first = std::path::Path::new(&volume.source).components().next();
+            if first.is_some_and(|part| part.as_os_str() == "secrets") {
+                return Err(loaded.invalid(
+                    service.name.span(),
+                    format!(
+                        "service {name:?}: volume source {:?} exposes /data/secrets; list the secrets the service needs in secrets = [\"name\"] instead",
+                        volume.source
+                    ),
+                ));
+            }
+        }
+    }
+
+    let Err(error) = crate::runtime::plan_secrets(&loaded.definition) else {
+        return Ok(());
+    };
+    let service = match &error {
+        SecretsError::InvalidName { service, .. }
+        | SecretsError::Duplicate { service, .. }
+        | SecretsError::Reserved { service, .. }
+        | SecretsError::InvalidUser { service, .. } => service,
+        SecretsError::OwnerMismatch { second, .. } => second,
+    };
+    let span = loaded
+        .definition
+        .services
+        .iter()
+        .find(|declared| declared.name.get_ref() == service)
+        .map_or(0..0, |declared| declared.name.span());
+    Err(loaded.invalid(span, error.to_string()))
 }
 
 /// Parses `UID:GID`.

@@ -30,6 +30,7 @@ pub mod order;
 pub mod output;
 pub mod phases;
 pub mod plan;
+pub mod secrets;
 pub mod shutdown;
 pub mod signals;
 pub mod spawn;

@@ -25,7 +25,7 @@ pub struct PhaseSpec {
 
 /// Phases of stage 2 in order. `services` starts the supervisor; readiness
 /// and the boot blessing follow in the main loop.
-pub const STAGE2: [PhaseSpec; 11] = [
+pub const STAGE2: [PhaseSpec; 12] = [
     PhaseSpec { name: "plan", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "mounts", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "sysctl", on_failure: OnFailure::BlockServices },
@@ -34,6 +34,9 @@ pub const STAGE2: [PhaseSpec; 11] = [
     PhaseSpec { name: "clock-entropy", on_failure: OnFailure::Continue },
     PhaseSpec { name: "modules", on_failure: OnFailure::Continue },
     PhaseSpec { name: "storage", on_failure: OnFailure::BlockServices },
+    // NOTE: a secret that cannot be ensured stops every service, not only
+    // those that list it.
+    PhaseSpec { name: "secrets", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "network", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "services", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "bless", on_failure: OnFailure::Continue },
@@ -174,6 +177,8 @@ mod tests {
         let position = |name| names.iter().position(|n| *n == name).unwrap();
         assert!(position("mounts") < position("sysctl"));
         assert!(position("modules") < position("storage"));
+        assert!(position("storage") < position("secrets"));
+        assert!(position("secrets") < position("services"));
         assert!(position("storage") < position("network"));
         assert!(position("network") < position("services"));
         assert_eq!(names.last(), Some(&"bless"));

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::ban::BanSettings;
 use super::order::{self, OrderError};
 use crate::config::{Definition, Health, KeyFile, Unlock};
+use crate::runtime::{plan_secrets, secret_path, valid_secret_name, SecretPlan, SecretsError};
 
 /// Path of the plan in the root filesystem.
 pub const PLAN_PATH: &str = "/etc/ztms/appliance.json";
@@ -43,6 +44,9 @@ pub struct AppliancePlan {
     /// when banning is off.
     #[serde(default)]
     pub ban: Option<BanSettings>,
+    /// Secret files that the secrets phase ensures in `/data/secrets`.
+    #[serde(default)]
+    pub secrets: Vec<SecretPlan>,
 }
 
 /// The storage phase's settings, from the definition's `[storage]`.
@@ -137,6 +141,12 @@ pub enum PlanError {
     /// The dependency graph has no start order.
     #[error(transparent)]
     Order(#[from] OrderError),
+    /// A service's `secrets` that cannot be planned.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// A secret of the plan file outside `/data/secrets`.
+    #[error("secret {name:?} has path {path}; a plan edited by hand must keep each secret at /data/secrets/<name>")]
+    SecretPath { name: String, path: PathBuf },
 }
 
 impl AppliancePlan {
@@ -174,6 +184,15 @@ impl AppliancePlan {
                     }
                 }
                 HealthPlan::None => {}
+            }
+        }
+
+        for secret in &self.secrets {
+            if !valid_secret_name(&secret.name) || secret.path != secret_path(&secret.name) {
+                return Err(PlanError::SecretPath {
+                    name: secret.name.clone(),
+                    path: secret.path.clone(),
+                });
             }
         }
 
@@ -275,6 +294,7 @@ pub fn from_definition(definition: &Definition) -> Result<AppliancePlan, PlanErr
         });
     }
 
+    let secrets = plan_secrets(definition)?;
     let plan = AppliancePlan {
         name,
         version: definition.image.version.clone(),
@@ -291,6 +311,7 @@ pub fn from_definition(definition: &Definition) -> Result<AppliancePlan, PlanErr
         },
         services,
         ban: BanSettings::from_definition(&definition.ban),
+        secrets,
     };
 
     let order = order::start_order(&plan.graph())?;

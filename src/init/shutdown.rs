@@ -194,6 +194,7 @@ mod tests {
             services: Vec::new(),
             storage: Default::default(),
             ban: None,
+            secrets: Vec::new(),
         };
         let mut supervisor = Supervisor::new(&plan, false);
         let mut shutdown = Shutdown::begin(Action::PowerOff, &mut supervisor);

@@ -20,7 +20,7 @@ use super::shutdown::{self, Shutdown};
 use super::signals::{self, Action, PowerButton};
 use super::status_server::StatusServer;
 use super::supervisor::Supervisor;
-use super::{cgroups, cmdline, logger, modules, mounts, network, storage, sysctl};
+use super::{cgroups, cmdline, logger, modules, mounts, network, secrets, storage, sysctl};
 use super::{boottime_ms, monotonic_ms};
 use crate::status::{self, Status, StorageStatus};
 
@@ -129,6 +129,7 @@ impl Init {
             services: Vec::new(),
             storage: Default::default(),
             ban: None,
+            secrets: Vec::new(),
         };
         let now = Instant::now();
         Self {
@@ -232,8 +233,13 @@ impl Init {
         match &self.plan {
             Some(plan) => {
                 let mut storage_status = StorageStatus::default();
-                self.phases.run("storage", || storage::run(plan, data_label.as_deref(), &mut storage_status));
+                let mounted = self.phases.run("storage", || storage::run(plan, data_label.as_deref(), &mut storage_status));
                 self.storage = Some(storage_status);
+                if mounted {
+                    self.phases.run("secrets", || secrets::run(plan));
+                } else {
+                    self.phases.skip("secrets", "/data is not mounted");
+                }
                 let mut network_plan = None;
                 self.phases.run("network", || {
                     network_plan = network::run(plan)?;
@@ -243,6 +249,7 @@ impl Init {
             }
             None => {
                 self.phases.skip("storage", "no appliance plan");
+                self.phases.skip("secrets", "no appliance plan");
                 self.phases.skip("network", "no appliance plan");
             }
         }

@@ -868,6 +868,7 @@ mod tests {
             services,
             storage: Default::default(),
             ban: None,
+            secrets: Vec::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use super::devices::device_grants;
 use super::policy::parse_capability;
 use super::resolve::NoImage;
 use super::spec::bundle_spec;
-use super::{RuntimeError, ServiceInput, DATA_DIR};
+use super::{RuntimeError, ServiceInput, DATA_DIR, SECRETS_DIR, SECRETS_TARGET};
 use crate::config::{Definition, Service};
 
 /// Capabilities that give a process the host, as `--privileged` would.
@@ -291,6 +291,11 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
         },
         Vec::new(),
     );
+
+    // 4.10: secrets reach the service only as read-only files from the
+    // data volume, never through the image or the environment.
+    let (passed, detail) = secrets_check(mounts, process.and_then(|process| process.env().as_deref()));
+    row("4.10", "Do not store secrets in the image", passed, detail, Vec::new());
 
     // 5.9, 5.15, 5.16, 5.20: own namespaces.
     for (item, title, typ, fix) in [
@@ -598,6 +603,35 @@ fn namespace_check(spec: &Spec, typ: LinuxNamespaceType, service: &str) -> (bool
             Some(path) => (false, format!("joins the {typ} namespace {}", path.display())),
         },
     }
+}
+
+/// Checks that every mount under `/run/secrets` is a read-only bind of a
+/// file in `/data/secrets` and that no environment entry names one.
+fn secrets_check(mounts: &[oci_spec::runtime::Mount], env: Option<&[String]>) -> (bool, String) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for mount in mounts.iter().filter(|mount| mount.destination().starts_with(SECRETS_TARGET)) {
+        let target = mount.destination().display().to_string();
+        let read_only = mount.options().as_ref().is_some_and(|options| options.iter().any(|option| option == "ro"));
+        let from_secrets = mount.source().as_ref().is_some_and(|source| source.starts_with(SECRETS_DIR));
+        if !is_bind(mount) || !read_only || !from_secrets {
+            problems.push(format!("{target} is not a read-only bind from {SECRETS_DIR}"));
+        }
+        files.push(target);
+    }
+    for entry in env.unwrap_or(&[]) {
+        if entry.contains(SECRETS_DIR) {
+            problems.push(format!("environment entry {entry:?} names {SECRETS_DIR}"));
+        }
+    }
+
+    if !problems.is_empty() {
+        return (false, format!("{}; list secrets in secrets = [...] and read them from {SECRETS_TARGET}", problems.join(", ")));
+    }
+    if files.is_empty() {
+        return (true, "no secrets; the image carries none".into());
+    }
+    (true, format!("secrets as read-only files: {}", files.join(", ")))
 }
 
 fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {

@@ -22,7 +22,9 @@ touch /tmp/file && echo tmp-writable ok
 cp /bin/busybox /tmp/busybox && { /tmp/busybox true 2>/dev/null || echo tmp-noexec ok; }
 touch /run/file && echo run-writable ok
 cat /run/secrets/token | grep -q s3cret && echo secret-readable ok
-touch /run/secrets/new 2>/dev/null || echo secrets-read-only ok
+[ "$(stat -c '%a %u' /run/secrets/token)" = "400 1000" ] && echo secret-owner ok
+echo x 2>/dev/null > /run/secrets/token || echo secret-not-writable ok
+[ ! -e /run/secrets/other ] && echo other-secret-absent ok
 touch /config/file && echo volume-writable ok
 [ "$(id -u):$(id -g)" = 1000:1000 ] && echo user ok
 unshare -n true 2>/dev/null || echo unshare-denied ok
@@ -130,18 +132,20 @@ name = "probe"
 segment = "backend"
 command = ["/bin/busybox", "sh", "-c", "exit 0"]
 volumes = [{ source = "config/probe", target = "/config" }]
+secrets = ["token"]
 "#;
     toml::from_str(text).unwrap()
 }
 
 /// Writes the bundle: busybox in a rootfs with its mount points, the data
-/// and secrets directories, and `config.json` for `command`.
+/// directory, a secrets directory with a secret the service lists and one
+/// it does not, and `config.json` for `command`.
 fn write_bundle(sandbox: &Sandbox, service: &Service, command: &[&str]) -> PathBuf {
     let base = sandbox.directory.path();
     let rootfs = base.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "touch", "cp", "cat", "grep", "id", "unshare", "mount", "true", "sleep", "echo"] {
+    for applet in ["sh", "touch", "cp", "cat", "grep", "id", "unshare", "mount", "true", "sleep", "echo", "stat"] {
         let link = rootfs.join("bin").join(applet);
         if !link.exists() {
             std::os::unix::fs::symlink("busybox", link).unwrap();
@@ -160,7 +164,9 @@ fn write_bundle(sandbox: &Sandbox, service: &Service, command: &[&str]) -> PathB
     let secrets = base.join("secrets");
     fs::create_dir_all(&secrets).unwrap();
     fs::write(secrets.join("token"), "s3cret").unwrap();
-    fs::set_permissions(secrets.join("token"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(secrets.join("token"), fs::Permissions::from_mode(0o400)).unwrap();
+    std::os::unix::fs::chown(secrets.join("token"), Some(1000), Some(1000)).unwrap();
+    fs::write(secrets.join("other"), "not for this service").unwrap();
 
     let mut definition = service.clone();
     definition.command = command.iter().map(|arg| arg.to_string()).collect();
@@ -230,7 +236,9 @@ fn crun_runs_spec_with_default_policy() {
         "tmp-noexec",
         "run-writable",
         "secret-readable",
-        "secrets-read-only",
+        "secret-owner",
+        "secret-not-writable",
+        "other-secret-absent",
         "volume-writable",
         "user",
         "unshare-denied",

@@ -20,6 +20,7 @@ mod devices;
 mod policy;
 mod resolve;
 mod seccomp;
+mod secrets;
 mod spec;
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ pub use devices::{fill_device_grants, DeviceGrant, DeviceKind, DeviceNode, DEVIC
 pub use policy::{parse_capability, parse_exceptions, CapabilityGrant, Policy, TmpfsGrant};
 pub use resolve::{resolve_in_rootfs, Entry, NoImage, Resolved, RootfsDir, RootfsTree};
 pub use seccomp::{default_profile, DENIED_SYSCALLS, ENOSYS, EPERM};
+pub use secrets::{plan_secrets, secret_path, valid_secret_name, SecretPlan, SecretsError, SECRET_MODE};
 pub use spec::{bundle_spec, mount_points};
 
 use crate::config::Service;
@@ -49,9 +51,10 @@ pub const NETNS_DIR: &str = "/run/netns";
 pub const CGROUP_PARENT: &str = "/ztms";
 /// Data filesystem that volumes are bound from.
 pub const DATA_DIR: &str = "/data";
-/// Directory on the data filesystem with one secrets directory per service.
+/// Directory on the data filesystem with one file per secret.
 pub const SECRETS_DIR: &str = "/data/secrets";
-/// Mount point of a service's secrets directory inside its container, read-only.
+/// Directory inside a container where each of its secrets is bound
+/// read-only as a file of the same name.
 pub const SECRETS_TARGET: &str = "/run/secrets";
 
 /// One service and the facts of the appliance plan that its spec needs.
@@ -69,7 +72,9 @@ pub struct ServiceInput<'a> {
     pub cgroup: PathBuf,
     /// Host directory that volume sources are relative to.
     pub data_dir: PathBuf,
-    /// Host directory bound read-only at `/run/secrets`, if any.
+    /// Host directory with one file per secret. Each name in the
+    /// service's `secrets` is bound read-only from here to
+    /// `/run/secrets/<name>`. `None` binds no secret.
     pub secrets: Option<PathBuf>,
     /// `KEY=value` entries of the image's own configuration (OCI images);
     /// they override the default PATH, HOME and TZ.
@@ -85,7 +90,7 @@ impl<'a> ServiceInput<'a> {
     /// Builds the input with the appliance's standard layout: the rootfs
     /// under [`SERVICES_DIR`] for OCI images and `/` otherwise, the
     /// namespace under [`NETNS_DIR`], the cgroup under [`CGROUP_PARENT`] and
-    /// the secrets under [`SECRETS_DIR`].
+    /// the secret files in [`SECRETS_DIR`].
     pub fn new(service: &'a Service) -> Self {
         let name = service.name.get_ref();
         let rootfs = if service.oci.is_some() {
@@ -99,7 +104,7 @@ impl<'a> ServiceInput<'a> {
             netns: Some(Path::new(NETNS_DIR).join(name)),
             cgroup: Path::new(CGROUP_PARENT).join(name),
             data_dir: PathBuf::from(DATA_DIR),
-            secrets: Some(Path::new(SECRETS_DIR).join(name)),
+            secrets: Some(PathBuf::from(SECRETS_DIR)),
             image_env: Vec::new(),
             puid_pgid: false,
             timezone: "UTC".into(),
@@ -137,6 +142,9 @@ pub enum RuntimeError {
     /// Two mounts at the same place in the container.
     #[error("service {service:?}: {first} and {second} both mount at {target}; give each volume its own target")]
     MountConflict { service: String, first: String, second: String, target: PathBuf },
+    /// A secret name that is not one plain file name.
+    #[error("service {service:?}: invalid secret name {secret:?}; use 1 to 63 lowercase letters, digits and '-', starting with a letter")]
+    InvalidSecretName { service: String, secret: String },
     /// A `user` that is not `UID:GID`.
     #[error("service {service:?}: invalid user {user:?}; use UID:GID, for example \"1000:1000\"")]
     InvalidUser { service: String, user: String },

@@ -14,6 +14,7 @@ use super::devices::DEVICE_GRANTS_ANNOTATION;
 use super::policy::{container_path, parse_exceptions, Policy};
 use super::resolve::{resolve_in_rootfs, RootfsTree};
 use super::seccomp::default_profile;
+use super::secrets::valid_secret_name;
 use super::{RuntimeError, ServiceInput, SECRETS_TARGET};
 use crate::config::Limits;
 
@@ -381,10 +382,23 @@ fn service_mounts(
         planned.push((resolved.path.clone(), label, bind(name, &resolved.path, &host, &options)?));
     }
 
+    // One file bind per secret, so a container contains only the secrets
+    // its service lists. The targets lie in the `/run` tmpfs, where crun creates the
+    // mount points, and the sort below puts them after that tmpfs.
     if let Some(secrets) = &input.secrets {
-        let resolved = resolve(Path::new(SECRETS_TARGET))?;
-        let options = ["rbind", "rprivate", "nosuid", "nodev", "noexec", "ro"];
-        planned.push((resolved.path.clone(), "the secrets directory".into(), bind(name, &resolved.path, secrets, &options)?));
+        for secret in &input.service.secrets {
+            if !valid_secret_name(secret) {
+                return Err(RuntimeError::InvalidSecretName {
+                    service: name.into(),
+                    secret: secret.clone(),
+                });
+            }
+            let resolved = resolve(&Path::new(SECRETS_TARGET).join(secret))?;
+            let options = ["rbind", "rprivate", "nosuid", "nodev", "noexec", "ro"];
+            let host = secrets.join(secret);
+            let label = format!("secret {secret}");
+            planned.push((resolved.path.clone(), label, bind(name, &resolved.path, &host, &options)?));
+        }
     }
 
     for (index, (target, label, _)) in planned.iter().enumerate() {

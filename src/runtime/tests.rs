@@ -333,17 +333,78 @@ fn volumes_are_private_binds() {
     }
 }
 
+fn with_secrets() -> Spec {
+    spec_for(&service(&format!("{TYPICAL}secrets = [\"postgres-password\", \"api-key\"]\n")))
+}
+
 #[test]
-fn secrets_mounted_read_only() {
-    let spec = typical_spec();
-    let secrets = mount_at(&spec, "/run/secrets");
-    assert_eq!(secrets.len(), 1);
-    assert_eq!(secrets[0].source().as_deref(), Some(Path::new("/data/secrets/jellyfin")));
-    assert!(options(secrets[0]).contains(&"ro".to_string()));
+fn secrets_bound_read_only_per_file() {
+    let spec = with_secrets();
+    for name in ["postgres-password", "api-key"] {
+        let target = format!("/run/secrets/{name}");
+        let mounts = mount_at(&spec, &target);
+        assert_eq!(mounts.len(), 1, "{target}");
+        assert_eq!(mounts[0].typ().as_deref(), Some("bind"), "{target}");
+        let source = format!("/data/secrets/{name}");
+        assert_eq!(mounts[0].source().as_deref(), Some(Path::new(&source)), "{target}");
+        let listed = options(mounts[0]);
+        for option in ["ro", "rbind", "nosuid", "nodev", "noexec"] {
+            assert!(listed.iter().any(|listed| listed == option), "{target} lacks {option}: {listed:?}");
+        }
+    }
+}
+
+#[test]
+fn secrets_follow_run_tmpfs() {
+    let spec = with_secrets();
     let position = |target: &str| {
         spec.mounts().as_ref().unwrap().iter().position(|mount| mount.destination() == Path::new(target)).unwrap()
     };
-    assert!(position("/run") < position("/run/secrets"));
+    assert!(position("/run") < position("/run/secrets/postgres-password"));
+    assert!(position("/run") < position("/run/secrets/api-key"));
+}
+
+#[test]
+fn secrets_absent_without_list() {
+    let spec = typical_spec();
+    let under_secrets = spec
+        .mounts()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|mount| mount.destination().starts_with("/run/secrets"))
+        .count();
+    assert_eq!(under_secrets, 0);
+}
+
+#[test]
+fn secrets_follow_var_run_symlink() {
+    let image = plain_image();
+    std::fs::remove_dir(image.path().join("var")).unwrap();
+    std::fs::create_dir(image.path().join("var")).unwrap();
+    symlink("/run", image.path().join("var/run")).unwrap();
+    let spec = spec_in(&service(&format!("{TYPICAL}secrets = [\"token\"]\n")), image.path());
+    assert_eq!(mount_at(&spec, "/run/secrets/token").len(), 1);
+    assert_eq!(mount_at(&spec, "/run").len(), 1);
+}
+
+#[test]
+fn secrets_stay_out_of_environment() {
+    let spec = with_secrets();
+    let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+    for entry in &env {
+        assert!(!entry.contains("secrets"), "secret path in the environment: {entry}");
+        assert!(!entry.contains("postgres-password"), "secret name in the environment: {entry}");
+    }
+    let keys: Vec<&str> = env.iter().filter_map(|entry| entry.split_once('=').map(|(key, _)| key)).collect();
+    assert_eq!(keys, ["PATH", "HOME", "TZ"]);
+}
+
+#[test]
+fn invalid_secret_name_rejected_by_spec() {
+    let service = service(&format!("{TYPICAL}secrets = [\"../etc/shadow\"]\n"));
+    let error = bundle_spec(&ServiceInput::new(&service), &NoImage).unwrap_err();
+    assert!(matches!(error, RuntimeError::InvalidSecretName { .. }), "{error}");
 }
 
 #[test]
@@ -573,7 +634,7 @@ fn mount_points_exclude_tmpfs_children() {
     for expected in ["/tmp", "/run", "/config", "/media"] {
         assert!(points.contains(&PathBuf::from(expected)), "{expected} missing from {points:?}");
     }
-    assert!(!points.contains(&PathBuf::from("/run/secrets")));
+    assert!(!points.iter().any(|point| point.starts_with("/run/secrets")));
     assert!(!points.iter().any(|point| point.starts_with("/proc")));
 }
 
@@ -599,7 +660,7 @@ fn audit_passes_default_spec() {
     let rows = audit_one(&service, &spec);
     assert!(failed_items(&rows).is_empty(), "{}", render_table(&rows));
     for item in [
-        "4.1", "5.3", "5.4", "5.5", "5.9", "5.10", "5.11", "5.12", "5.14", "5.15", "5.16", "5.17", "5.19",
+        "4.1", "4.10", "5.3", "5.4", "5.5", "5.9", "5.10", "5.11", "5.12", "5.14", "5.15", "5.16", "5.17", "5.19",
         "5.20", "5.21", "5.24", "5.25", "5.26", "5.28", "5.30", "5.31",
     ] {
         assert!(rows.iter().any(|row| row.item == item), "item {item} missing");
@@ -755,4 +816,28 @@ fn audit_definition_covers_each_service() {
         .map(|row| row.item)
         .collect();
     assert_eq!(web_failures, ["5.26"]);
+}
+
+#[test]
+fn audit_lists_secret_files() {
+    let service = service(&format!("{TYPICAL}secrets = [\"api-key\"]\n"));
+    let spec = spec_for(&service);
+    let rows = audit_one(&service, &spec);
+    let row = rows.iter().find(|row| row.item == "4.10").expect("item 4.10");
+    assert_eq!(row.outcome, Outcome::Pass, "{row:?}");
+    assert!(row.detail.contains("/run/secrets/api-key"), "{row:?}");
+}
+
+#[test]
+fn audit_fails_writable_secret() {
+    let service = service(&format!("{TYPICAL}secrets = [\"api-key\"]\n"));
+    let mut spec = spec_for(&service);
+    for mount in spec.mounts_mut().as_mut().unwrap() {
+        if mount.destination().starts_with("/run/secrets") {
+            let options: Vec<String> = options(mount).into_iter().filter(|option| option != "ro").collect();
+            mount.set_options(Some(options));
+        }
+    }
+    let failed = failed_items(&audit_one(&service, &spec));
+    assert!(failed.contains(&"4.10"), "{failed:?}");
 }

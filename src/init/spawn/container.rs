@@ -38,7 +38,7 @@ const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
 
 /// Prepares everything `crun run` needs for service `name` and returns the
 /// bundle directory: the service's network namespace with `lo` up, its
-/// secrets and volume directories on `/data`, a stale container of the same
+/// volume directories on `/data`, a stale container of the same
 /// name removed, and `config.json` with the device grants filled in.
 pub fn prepare(name: &str) -> Result<PathBuf, String> {
     let namespace = netns::create(name).map_err(|error| error.to_string())?;
@@ -55,7 +55,7 @@ pub fn prepare(name: &str) -> Result<PathBuf, String> {
             root.set_path(PathBuf::from(ROOT_BIND));
         }
     }
-    create_host_directories(&spec)?;
+    create_host_directories(name, &spec)?;
 
     let bundle = Path::new(RUN_BUNDLES).join(name);
     fs::DirBuilder::new()
@@ -86,10 +86,10 @@ fn bind_root() -> Result<(), String> {
     Ok(())
 }
 
-/// Creates the host side of the secrets and volume bind mounts. A new
-/// directory belongs to the service's user; the secrets directory is
-/// readable by the service's group only and written by ztms.
-fn create_host_directories(spec: &Spec) -> Result<(), String> {
+/// Creates the host side of the volume bind mounts; a new directory
+/// belongs to the service's user. A missing secret file, deleted to rotate
+/// the secret, is generated again.
+fn create_host_directories(name: &str, spec: &Spec) -> Result<(), String> {
     let (uid, gid) = spec
         .process()
         .as_ref()
@@ -102,10 +102,13 @@ fn create_host_directories(spec: &Spec) -> Result<(), String> {
         if mount.typ().as_deref() != Some("bind") || !host.starts_with(data) || host.exists() {
             continue;
         }
-        let (owner, mode) = if host.starts_with(secrets) { (0, 0o750) } else { (uid, 0o750) };
+        if host.starts_with(secrets) {
+            crate::init::secrets::ensure_for_service(host, name, uid, gid)?;
+            continue;
+        }
         fs::create_dir_all(host).map_err(|error| format!("creating {} failed: {error}", host.display()))?;
-        std::os::unix::fs::chown(host, Some(owner), Some(gid))
-            .and_then(|()| fs::set_permissions(host, fs::Permissions::from_mode(mode)))
+        std::os::unix::fs::chown(host, Some(uid), Some(gid))
+            .and_then(|()| fs::set_permissions(host, fs::Permissions::from_mode(0o750)))
             .map_err(|error| format!("setting the owner of {} failed: {error}", host.display()))?;
     }
     Ok(())
