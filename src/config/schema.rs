@@ -57,6 +57,12 @@ pub struct Definition {
     /// are dropped by the firewall for a while.
     #[serde(default)]
     pub ban: Ban,
+    /// Secrets that ztms-init shows on the console, as it shows the
+    /// recovery key, at the boot that generates them: logins that a person
+    /// types, such as the web password. Each must be listed by a service's
+    /// `secrets`. They never go to the log.
+    #[serde(default)]
+    pub console_secrets: Vec<String>,
 }
 
 /// Identity of the appliance.

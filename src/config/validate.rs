@@ -317,6 +317,9 @@ fn validate_secrets(loaded: &Loaded) -> Result<(), ConfigError> {
         | SecretsError::Reserved { service, .. }
         | SecretsError::InvalidUser { service, .. } => service,
         SecretsError::OwnerMismatch { second, .. } => second,
+        SecretsError::UnknownConsoleSecret { name } => {
+            return Err(loaded.invalid(span_of(&loaded.source, &format!("{name:?}")), error.to_string()));
+        }
     };
     let span = loaded
         .definition

@@ -73,6 +73,9 @@ pub fn run(plan: &AppliancePlan) -> Result<(), String> {
             Ok(Ensured::Generated) => {
                 generated += 1;
                 log::info!("secrets: generated {} for {services}", secret.name);
+                if secret.show {
+                    show_on_console(&plan.name, secret);
+                }
             }
             Ok(Ensured::Kept) => log::debug!("secrets: kept {} for {services}", secret.name),
             Ok(Ensured::Repaired { uid, gid, mode }) => log::warn!(
@@ -99,6 +102,35 @@ pub fn run(plan: &AppliancePlan) -> Result<(), String> {
     }
 }
 
+/// Prints a newly generated secret once, on the console only, like the
+/// recovery key: the log and the kernel's ring buffer never see it.
+fn show_on_console(appliance: &str, secret: &SecretPlan) {
+    let value = match fs::read_to_string(&secret.path) {
+        Ok(value) => value,
+        Err(error) => {
+            log::error!("secrets: cannot read {} to show it: {error}", secret.path.display());
+            return;
+        }
+    };
+    let text = format!(
+        "\n\
+         ================================================================\n\
+         Secret {} of {appliance} (for {}):\n\
+         \n    {}\n\n\
+         It is shown only now. It stays in {} on the encrypted data\n\
+         volume; delete that file to have a new one made at the next boot.\n\
+         ================================================================\n\n",
+        secret.name,
+        secret.services.join(", "),
+        value.trim(),
+        secret.path.display()
+    );
+    match super::storage::prompt::Console::open() {
+        Ok(mut console) => console.say(&text),
+        Err(error) => log::error!("secrets: cannot show {} on the console: {error}", secret.name),
+    }
+}
+
 /// Generates the secret file `path` of `service` if it is missing, when
 /// the container starts. A secret deleted to rotate it is then made again
 /// at the service's next start, with the service's user as owner.
@@ -113,6 +145,7 @@ pub fn ensure_for_service(path: &Path, service: &str, uid: u32, gid: u32) -> Res
         gid,
         mode: crate::runtime::SECRET_MODE,
         services: vec![service.to_string()],
+        show: false,
     };
     match ensure(dir, &secret, fill_random) {
         Ok(Ensured::Generated) => {
@@ -297,6 +330,7 @@ mod tests {
             gid: nix::unistd::getgid().as_raw(),
             mode: 0o400,
             services: vec!["postgres".into()],
+            show: false,
         }
     }
 

@@ -12,7 +12,7 @@
 
 mod luks;
 pub mod plan;
-mod prompt;
+pub mod prompt;
 mod tpm;
 
 use std::io::{Read, Seek, SeekFrom};

@@ -38,6 +38,9 @@ pub struct SecretPlan {
     pub mode: u32,
     /// Services that list the secret, in definition order.
     pub services: Vec<String>,
+    /// Shown on the console when generated (definition `console_secrets`).
+    #[serde(default)]
+    pub show: bool,
 }
 
 /// A `secrets` entry that the plan cannot honour.
@@ -64,6 +67,9 @@ pub enum SecretsError {
     /// A `user` that is not `UID:GID`.
     #[error("service {service:?}: invalid user {user:?}; use UID:GID, for example \"1000:1000\"")]
     InvalidUser { service: String, user: String },
+    /// A `console_secrets` entry that no service lists.
+    #[error("console_secrets lists {name:?}, which no service lists in its secrets; add it to the secrets of the service that uses it, or remove it from console_secrets")]
+    UnknownConsoleSecret { name: String },
 }
 
 /// Checks a secret name: 1 to 63 lowercase letters, digits and `-`,
@@ -126,11 +132,16 @@ pub fn plan_secrets(definition: &Definition) -> Result<Vec<SecretPlan>, SecretsE
                         gid,
                         mode: SECRET_MODE,
                         services: vec![service_name.clone()],
+                        show: definition.console_secrets.contains(name),
                     };
                     planned.insert(name.clone(), (secret, service.user.clone()));
                 }
             }
         }
+    }
+
+    if let Some(name) = definition.console_secrets.iter().find(|name| !planned.contains_key(*name)) {
+        return Err(SecretsError::UnknownConsoleSecret { name: name.clone() });
     }
 
     Ok(planned.into_values().map(|(secret, _)| secret).collect())
@@ -206,6 +217,26 @@ mod tests {
         let names: Vec<&str> = plan.iter().map(|secret| secret.name.as_str()).collect();
         assert_eq!(names, ["api-key", "db-password"]);
         assert!(plan.iter().all(|secret| (secret.uid, secret.gid) == (999, 998)));
+    }
+
+    #[test]
+    fn console_secret_is_marked_to_show() {
+        let mut definition = definition(&service("proxy", "secrets = [\"web-password\", \"api-key\"]"));
+        definition.console_secrets = vec!["web-password".into()];
+        let plan = plan_secrets(&definition).unwrap();
+
+        let shown: Vec<&str> = plan.iter().filter(|secret| secret.show).map(|secret| secret.name.as_str()).collect();
+        assert_eq!(shown, ["web-password"]);
+    }
+
+    #[test]
+    fn console_secret_without_service_is_rejected() {
+        let mut definition = definition(&service("proxy", "secrets = [\"web-password\"]"));
+        definition.console_secrets = vec!["web-pasword".into()];
+        let error = plan_secrets(&definition).unwrap_err();
+
+        assert_eq!(error, SecretsError::UnknownConsoleSecret { name: "web-pasword".into() });
+        assert!(error.to_string().contains("remove it from console_secrets"), "{error}");
     }
 
     #[test]
