@@ -68,11 +68,13 @@ fn web_password(console: &str) -> String {
         .split("Secret web-password of media-server")
         .nth(1)
         .unwrap_or_else(|| panic!("no web-password notice on the console"));
+    // The header line, a blank line, then the value indented.
     notice
         .lines()
-        .nth(1)
-        .map(|line| line.trim().to_string())
-        .filter(|password| !password.is_empty())
+        .skip(1)
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .map(str::to_string)
         .unwrap_or_else(|| panic!("the web-password notice has no value: {notice:?}"))
 }
 

@@ -537,9 +537,10 @@ fn make_layout(storage: &StoragePlan) {
         if path.exists() {
             continue;
         }
+        let (uid, gid) = if dir.root_owned { (0, 0) } else { (storage.owner_uid, storage.owner_gid) };
         let made = std::fs::create_dir(&path)
             .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(dir.mode)))
-            .and_then(|()| chown(&path, Some(storage.owner_uid), Some(storage.owner_gid)));
+            .and_then(|()| chown(&path, Some(uid), Some(gid)));
         if let Err(error) = made {
             log::warn!("storage: creating {} failed: {error}", path.display());
         }

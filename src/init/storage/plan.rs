@@ -123,6 +123,8 @@ pub struct LayoutDir {
     /// Path relative to `/data`.
     pub path: String,
     pub mode: u32,
+    /// Owned by root rather than by the services' owner.
+    pub root_owned: bool,
 }
 
 /// Returns the directories every appliance has under `/data`, as media
@@ -130,10 +132,11 @@ pub struct LayoutDir {
 pub fn data_layout(services: &[String]) -> Vec<LayoutDir> {
     let mut dirs: Vec<LayoutDir> = ["media", "torrents", "usenet", "config", "logs"]
         .iter()
-        .map(|path| LayoutDir { path: path.to_string(), mode: 0o755 })
+        .map(|path| LayoutDir { path: path.to_string(), mode: 0o755, root_owned: false })
         .collect();
-    dirs.push(LayoutDir { path: "secrets".into(), mode: 0o700 });
-    dirs.extend(services.iter().map(|name| LayoutDir { path: format!("config/{name}"), mode: 0o750 }));
+    // Only root enters the secrets directory; crun binds each file.
+    dirs.push(LayoutDir { path: "secrets".into(), mode: 0o700, root_owned: true });
+    dirs.extend(services.iter().map(|name| LayoutDir { path: format!("config/{name}"), mode: 0o750, root_owned: false }));
     dirs
 }
 
@@ -358,7 +361,7 @@ mod tests {
         for expected in ["media", "torrents", "usenet", "config", "secrets", "config/jellyfin"] {
             assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
         }
-        assert_eq!(dirs.iter().find(|dir| dir.path == "secrets").map(|dir| dir.mode), Some(0o700));
+        assert_eq!(dirs.iter().find(|dir| dir.path == "secrets").map(|dir| (dir.mode, dir.root_owned)), Some((0o700, true)));
     }
 
     #[test]
