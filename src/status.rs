@@ -200,6 +200,10 @@ pub struct ServiceStatus {
     /// crun's memory and the start times of the container.
     #[serde(default)]
     pub container: Option<ContainerFacts>,
+    /// Memory charged to the service's cgroup (`memory.current`), in
+    /// bytes: every process of the service, page cache and tmpfs included.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
 }
 
 /// Security settings of a process, as `/proc/<pid>/status` shows them.
@@ -361,6 +365,7 @@ mod tests {
                 pid: Some(42),
                 security: None,
                 container: None,
+                memory_bytes: None,
             }],
             ready: true,
             uptime_ms: 1234,

@@ -153,6 +153,21 @@ fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
     let pg_up = curl(https, "/prometheus/api/v1/query?query=pg_up", &["--user", &login]);
     assert!(pg_up.body.contains(r#""value":["#) && pg_up.body.contains(r#""1"]"#), "pg_up: {}", pg_up.body);
 
+    // Memory of the stack, from the appliance's own metrics: each
+    // service's cgroup, ztms-init, and the whole guest as the kernel sees it.
+    for query in [
+        "ztms_service_memory_bytes",
+        "ztms_init_resident_memory_bytes",
+        "node_memory_MemTotal_bytes-node_memory_MemAvailable_bytes",
+        "ztms_boot_phase_duration_seconds",
+    ] {
+        let reply = curl(https, &format!("/prometheus/api/v1/query?query={query}"), &["--user", &login]);
+        eprintln!("measured {query}: {}", reply.body);
+    }
+    let ban_metrics = curl(https, "/prometheus/api/v1/query?query=ztms_bans_total", &["--user", &login]);
+    assert!(ban_metrics.body.contains(r#""0"]"#), "ztms_bans_total before any failed login: {}", ban_metrics.body);
+    eprintln!("measured ready: {}", vm.console().lines().find(|line| line.contains("ztms-init: ready:")).unwrap_or(""));
+
     // Four failed logins ban the client: the fifth request gets no answer.
     let wrong = "admin:not-the-password";
     for attempt in 1..=4 {

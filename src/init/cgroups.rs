@@ -85,6 +85,13 @@ pub fn service_procs(service: &str) -> Result<File, CgroupError> {
         .map_err(error("opening", &procs))
 }
 
+/// Returns the memory charged to the cgroup of `service` (`memory.current`),
+/// or None when the cgroup or the memory controller is missing.
+pub fn service_memory(service: &str) -> Option<u64> {
+    let path = Path::new(SERVICES).join(service).join("memory.current");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// Kills every process in the cgroup of `service` (`cgroup.kill`, Linux
 /// 5.14 and later), which reaches processes that left the process group.
 pub fn kill_service(service: &str) -> Result<(), CgroupError> {

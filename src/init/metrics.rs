@@ -199,6 +199,13 @@ pub fn render(status: &Status) -> String {
         page.sample("ztms_service_restarts_total", &[("service", &service.name)], f64::from(service.restarts));
     }
 
+    page.family("ztms_service_memory_bytes", "gauge", "Memory charged to the service's cgroup (memory.current).");
+    for service in &status.services {
+        if let Some(bytes) = service.memory_bytes {
+            page.sample("ztms_service_memory_bytes", &[("service", &service.name)], bytes as f64);
+        }
+    }
+
     if let Some(ban) = &status.ban {
         let labels = [("service", ban.service.as_str())];
         page.family("ztms_failed_authentications_total", "counter", "Failed authentications in the watched service's access log.");
@@ -275,6 +282,7 @@ mod tests {
                 pid: Some(42),
                 security: None,
                 container: None,
+                memory_bytes: Some(12_582_912),
             }],
             ready: true,
             uptime_ms: 61_500,
@@ -306,6 +314,7 @@ mod tests {
         assert!(lines.contains(&"ztms_service_up{service=\"proxy\"} 1"), "{text}");
         assert!(lines.contains(&"ztms_service_healthy{service=\"proxy\"} 1"), "{text}");
         assert!(lines.contains(&"ztms_service_restarts_total{service=\"proxy\"} 2"), "{text}");
+        assert!(lines.contains(&"ztms_service_memory_bytes{service=\"proxy\"} 12582912"), "{text}");
         assert!(lines.contains(&"# TYPE ztms_service_restarts_total counter"), "{text}");
     }
 

@@ -246,6 +246,7 @@ impl Supervisor {
                     exec_ms: service.exec_ms,
                     healthy_ms: service.healthy_ms,
                 }),
+                memory_bytes: self.use_cgroups.then(|| super::cgroups::service_memory(&service.plan.name)).flatten(),
             })
             .collect()
     }

@@ -41,6 +41,11 @@ else
 fi
 printf 'ssl_certificate %s;\nssl_certificate_key %s;\n' "$cert" "$key" > /tmp/nginx/tls.conf
 
+# MiniDLNA answers only requests whose Host header is an IP address (its
+# guard against DNS rebinding), so the proxy sends the planned address.
+media=$(getent hosts media | cut -d ' ' -f 1)
+printf 'proxy_set_header Host %s:8200;\n' "$media" > /tmp/nginx/media-host.conf
+
 # The login: "admin" and the generated password, hashed with SHA-512 crypt.
 password=/run/secrets/web-password
 if [ ! -s "$password" ]; then
