@@ -175,6 +175,7 @@ fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
         assert_eq!(reply.status, 401, "failed login {attempt}");
     }
     vm.wait_for_console("ban: client 10.0.2.2 banned", Duration::from_secs(30)).unwrap();
+    vm.wait_for_console("ban: client 10.0.2.2 added to set", Duration::from_secs(30)).unwrap();
     let banned = curl(https, "/", &["--user", &login, "--max-time", "10"]);
     assert_eq!(banned.status, 0, "a banned client got an answer");
     assert_eq!(banned.exit, 28, "curl should time out against the dropped connection");

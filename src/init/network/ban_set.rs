@@ -130,7 +130,11 @@ impl BanSet {
 fn add_to_set(client: Ipv4Addr, seconds: u32) {
     let json = nftables::to_json(&nftables::ban(client, seconds));
     match run_nft(&["-j", "-f", "-"], &json) {
-        Ok((_, stderr)) if stderr.trim().is_empty() => {}
+        Ok((_, stderr)) if stderr.trim().is_empty() => log::info!(
+            "ban: client {client} added to set inet {} {}; the firewall drops its packets",
+            nftables::TABLE,
+            nftables::BANNED_SET
+        ),
         Ok((_, stderr)) => log::error!(
             "ban: adding client {client} to set inet {} {} failed: {}",
             nftables::TABLE,
