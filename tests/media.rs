@@ -30,7 +30,7 @@ struct Reply {
 
 /// Fetches `https://127.0.0.1:PORT/PATH` with curl and the given extra
 /// arguments. The certificate comes from the appliance's own local CA,
-/// which lives on its encrypted disk, so curl is told not to verify it.
+/// which is on its encrypted disk, so curl does not verify it.
 fn curl(port: u16, path: &str, args: &[&str]) -> Reply {
     let url = format!("https://127.0.0.1:{port}{path}");
     let output = Command::new("curl")
@@ -48,8 +48,8 @@ fn curl(port: u16, path: &str, args: &[&str]) -> Reply {
     }
 }
 
-/// Sends a plain HTTP request to a forwarded port and returns whatever
-/// comes back; an empty string when nothing answers.
+/// Sends a plain HTTP request to a forwarded port and returns the reply,
+/// or an empty string when the port sends nothing back.
 fn raw_reply(port: u16) -> String {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
@@ -98,7 +98,7 @@ fn wait_for_targets(port: u16, login: &str, timeout: Duration) -> serde_json::Va
 }
 
 #[test]
-fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
+fn media_stack_behind_tls_proxy() {
     let image = image("media-server");
 
     // The published port, every service port and ports that a default
@@ -113,7 +113,7 @@ fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
     vm.wait_for_console("(?m)^ztms-init: ready:", READY_TIMEOUT).unwrap();
     let login = format!("admin:{}", web_password(&vm.console()));
 
-    // TLS 1.3 only, HSTS on every answer.
+    // TLS 1.3 only, and HSTS on every reply.
     let landing = curl(https, "/", &["--tlsv1.3", "--user", &login, "--include"]);
     assert_eq!(landing.status, 200, "landing page over TLS 1.3: exit {} {}", landing.exit, landing.body);
     assert!(landing.body.contains("ztms media server"), "{}", landing.body);
@@ -125,7 +125,7 @@ fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
     let anonymous = curl(https, "/", &[]);
     assert_eq!(anonymous.status, 401);
 
-    // The services answer through the proxy.
+    // The services reply through the proxy.
     let media = curl(https, "/media/", &["--user", &login]);
     assert_eq!(media.status, 200, "media server: {}", media.body);
     assert!(media.body.contains("MiniDLNA"), "{}", media.body);
@@ -133,7 +133,7 @@ fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
     assert_eq!(torrents.status, 200, "qBittorrent: {}", torrents.body);
     assert!(torrents.body.contains("qBittorrent"), "{}", torrents.body);
 
-    // Nothing but the proxy answers from outside.
+    // Only the proxy replies from outside.
     for forward in &forwards[1..] {
         let reply = raw_reply(forward.host);
         assert!(reply.is_empty(), "guest port {} answered from outside: {reply:?}", forward.guest);
@@ -151,10 +151,11 @@ fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
         assert!(jobs.contains(&job), "no {job} target in {jobs:?}");
     }
     let pg_up = curl(https, "/prometheus/api/v1/query?query=pg_up", &["--user", &login]);
-    assert!(pg_up.body.contains(r#""value":["#) && pg_up.body.contains(r#""1"]"#), "pg_up: {}", pg_up.body);
+    assert!(pg_up.body.contains(r#""value":["#), "pg_up: {}", pg_up.body);
+    assert!(pg_up.body.contains(r#""1"]"#), "pg_up is not 1: {}", pg_up.body);
 
     // Memory of the stack, from the appliance's own metrics: each
-    // service's cgroup, ztms-init, and the whole guest as the kernel sees it.
+    // service's cgroup, ztms-init, and the whole guest's used memory.
     for query in [
         "ztms_service_memory_bytes",
         "ztms_init_resident_memory_bytes",
@@ -168,7 +169,7 @@ fn media_server_serves_only_through_its_tls_proxy_and_bans_failed_logins() {
     assert!(ban_metrics.body.contains(r#""0"]"#), "ztms_bans_total before any failed login: {}", ban_metrics.body);
     eprintln!("measured ready: {}", vm.console().lines().find(|line| line.contains("ztms-init: ready:")).unwrap_or(""));
 
-    // Four failed logins ban the client: the fifth request gets no answer.
+    // Four failed logins ban the client, so the fifth request gets no reply.
     let wrong = "admin:not-the-password";
     for attempt in 1..=4 {
         let reply = curl(https, "/", &["--user", wrong]);

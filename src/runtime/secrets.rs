@@ -38,7 +38,7 @@ pub struct SecretPlan {
     pub mode: u32,
     /// Services that list the secret, in definition order.
     pub services: Vec<String>,
-    /// Shown on the console when generated (definition `console_secrets`).
+    /// Whether ztms-init prints the secret on the console when it generates it (definition `console_secrets`).
     #[serde(default)]
     pub show: bool,
 }

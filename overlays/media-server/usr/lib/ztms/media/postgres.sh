@@ -1,7 +1,7 @@
 #!/bin/sh
 # Starts PostgreSQL with its cluster on /data/config/postgres. At first
 # start it creates the cluster with the superuser password from the
-# postgres-password secret; clients authenticate with SCRAM-SHA-256 and
+# postgres-password secret. Clients authenticate with SCRAM-SHA-256, and
 # the firewall decides which services reach the port at all.
 set -eu
 

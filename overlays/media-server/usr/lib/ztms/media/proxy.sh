@@ -1,7 +1,7 @@
 #!/bin/sh
 # Starts nginx as the appliance's one entrance. At first start it creates a
-# local certificate authority and a server certificate signed by it on
-# /data/config/proxy/tls; a certificate of the user's own in
+# local certificate authority and a server certificate signed by it in
+# /data/config/proxy/tls. A certificate of the user's own in
 # /data/config/proxy/custom (fullchain.pem and privkey.pem) takes its place.
 # The web login is "admin" with the password in the web-password secret.
 set -eu
