@@ -148,7 +148,7 @@ pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
     let code = format!("if=pflash,format=raw,unit=0,readonly=on,file={}", machine.firmware_code);
     let vars = format!("if=pflash,format=raw,unit=1,file={}", paths.vars.display());
     push(&["-drive", &code, "-drive", &vars]);
-    let disk = format!("if=none,id=disk0,format=qcow2,file={}", paths.disk.display());
+    let disk = format!("if=none,id=disk0,format={},file={}", paths.disk_format, paths.disk.display());
     let disk_device = format!("{},drive=disk0", machine.disk_device);
     push(&["-drive", &disk, "-device", &disk_device]);
     for (index, drive) in config.extra_drives.iter().enumerate() {
@@ -201,6 +201,9 @@ pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct VmPaths {
     pub disk: PathBuf,
+    /// QEMU's name for the disk's format: `qcow2` for the overlay, `raw`
+    /// or `qcow2` for an image written in place (`--persist`).
+    pub disk_format: String,
     pub vars: PathBuf,
     pub status: PathBuf,
     pub monitor: PathBuf,
@@ -213,7 +216,9 @@ pub struct VmPaths {
 
 impl VmPaths {
     pub fn new(state_dir: &Path, disk: PathBuf, tpm: bool) -> Self {
+        let disk_format = if disk.extension().is_some_and(|extension| extension == "raw") { "raw" } else { "qcow2" };
         Self {
+            disk_format: disk_format.into(),
             disk,
             vars: state_dir.join("OVMF_VARS.fd"),
             status: state_dir.join("status.sock"),
@@ -370,7 +375,8 @@ impl Vm {
 
     /// Starts swtpm and QEMU on `disk`, the image or its overlay.
     fn launch(config: &VmConfig, disk: PathBuf, echo: bool) -> Result<Vm, VmError> {
-        let paths = VmPaths::new(&config.state_dir, disk, config.tpm);
+        let mut paths = VmPaths::new(&config.state_dir, disk, config.tpm);
+        paths.disk_format = image_format(&paths.disk)?;
         if !paths.vars.exists() {
             std::fs::copy(&config.machine.firmware_vars, &paths.vars).map_err(io("copy the OVMF variables"))?;
         }
@@ -718,6 +724,13 @@ mod tests {
         let args = qemu_args(&config(), &paths).join(" ");
         assert!(args.contains("-drive if=none,id=extra0,format=raw,readonly=on,file=key.img"), "{args}");
         assert!(args.contains("-device virtio-blk-pci,drive=extra0"), "{args}");
+    }
+
+    #[test]
+    fn persisted_raw_image_is_raw_drive() {
+        let paths = VmPaths::new(Path::new("/tmp/vm"), "/images/media-server.raw".into(), true);
+        let args = qemu_args(&config(), &paths).join(" ");
+        assert!(args.contains("-drive if=none,id=disk0,format=raw,file=/images/media-server.raw"), "{args}");
     }
 
     #[test]
