@@ -64,6 +64,21 @@ fn containers_run_under_default_policy() {
     );
     assert!(escaper.iter().any(|line| line == "unshare-failed"), "{escaper:?}");
     assert!(escaper.iter().any(|line| line == "mount-failed"), "{escaper:?}");
+
+    // Errno of each forbidden syscall, as the kernel's seccomp filter
+    // returns it: EPERM (1) for the dangerous ones, ENOSYS (38) for clone3
+    // so that glibc falls back to clone.
+    // The line may have come before the ready line, which wait_for_console
+    // has already passed, so the whole console is searched.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !vm.console().contains("syscalls: checks-done") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let syscalls = output_of(&vm.console(), "syscalls");
+    for (name, errno) in [("keyctl", 1), ("bpf", 1), ("mount", 1), ("unshare", 1), ("clone3", 38)] {
+        let expected = format!("syscall {name} errno {errno}");
+        assert!(syscalls.contains(&expected), "expected {expected:?} in {syscalls:?}");
+    }
 }
 
 #[test]
