@@ -340,3 +340,13 @@ fn update_bundle_is_signed_and_verifies() {
     let other = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]).verifying_key();
     assert!(ztms::update::bundle::verify(&bundle, &other).is_err(), "a foreign key verified the bundle");
 }
+
+#[test]
+fn missing_oci_archive_names_service() {
+    let path = oci_definition("oci-missing", "no-such-archive.tar");
+    let error = build_definition(&path).unwrap_err().to_string();
+    assert!(error.contains("service \"hello\""), "{error}");
+    assert!(error.contains("no-such-archive.tar not found"), "{error}");
+    assert!(error.contains("docker save"), "{error}");
+    assert_no_output(&path);
+}
