@@ -240,6 +240,17 @@ fn oci_image_lands_in_root_filesystem() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "hello.txt not in the root image: {}", String::from_utf8_lossy(&output.stderr));
     assert!(text.contains("Size: 24"), "{text}");
+
+    // crun cannot create these on the read-only root, and the archive
+    // has none of them.
+    for point in ["proc", "dev", "sys"] {
+        let output = Command::new("dump.erofs")
+            .arg(format!("--path=/usr/lib/ztms/services/hello/rootfs/{point}"))
+            .arg(&root_image)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "mount point /{point} missing from the image's rootfs");
+    }
 }
 
 #[test]

@@ -3,13 +3,16 @@
 //! container needs, created before the image is sealed read-only, and each
 //! service's OCI spec at `/usr/lib/ztms/bundles/<name>/config.json`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::oci::ImageConfig;
 use super::tree::resolve_in_root;
 use super::BuildError;
 use crate::config::Loaded;
 use crate::runtime::{self, RootfsDir, ServiceInput};
+
+/// Mount points of the kernel filesystems in every container.
+const SYSTEM_MOUNT_POINTS: &[&str] = &["/proc", "/dev", "/sys"];
 
 /// Checks that the OCI image of every service exists, before the build
 /// spends minutes on the base tree.
@@ -56,7 +59,14 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
 
         let spec = runtime::bundle_spec(&input, &RootfsDir(rootfs.clone()))
             .map_err(|error| BuildError::Plan(error.to_string()))?;
-        for point in runtime::mount_points(&spec) {
+        let mut points = runtime::mount_points(&spec);
+        // The Debian root has /proc, /dev and /sys, but an image built
+        // FROM scratch may lack them, and crun cannot create them on the
+        // read-only root.
+        if service.oci.is_some() {
+            points.extend(SYSTEM_MOUNT_POINTS.iter().map(PathBuf::from));
+        }
+        for point in points {
             let target = resolve_in_root(&rootfs, &point);
             if !target.exists() {
                 std::fs::create_dir_all(&target).map_err(|e| BuildError::io("create mount point", &target, e))?;
