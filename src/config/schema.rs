@@ -197,7 +197,7 @@ pub struct Service {
     /// directory, relative to the definition file, unpacked into the root
     /// filesystem at build time. Excludes `packages`. The container gets the
     /// image's environment with `PUID` and `PGID` set to `user`, as
-    /// linuxserver.io images expect; `command` and `user` replace the
+    /// linuxserver.io images expect. `command` and `user` replace the
     /// image's entrypoint and user.
     #[serde(default)]
     #[schemars(with = "Option<PathBuf>")]

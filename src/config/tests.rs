@@ -114,7 +114,7 @@ fn every_shipped_image_is_valid() {
     let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
     for entry in std::fs::read_dir(images).unwrap() {
         let path = entry.unwrap().path();
-        // images/oci holds the OCI archives that definitions import.
+        // images/oci contains the OCI archives that definitions import.
         if path.extension().is_none_or(|extension| extension != "toml") {
             continue;
         }
