@@ -240,6 +240,17 @@ fn oci_image_lands_in_root_filesystem() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "hello.txt not in the root image: {}", String::from_utf8_lossy(&output.stderr));
     assert!(text.contains("Size: 24"), "{text}");
+
+    // crun cannot create these on the read-only root, and the archive
+    // has none of them.
+    for point in ["proc", "dev", "sys"] {
+        let output = Command::new("dump.erofs")
+            .arg(format!("--path=/usr/lib/ztms/services/hello/rootfs/{point}"))
+            .arg(&root_image)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "mount point /{point} missing from the image's rootfs");
+    }
 }
 
 #[test]
@@ -339,4 +350,14 @@ fn update_bundle_is_signed_and_verifies() {
 
     let other = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]).verifying_key();
     assert!(ztms::update::bundle::verify(&bundle, &other).is_err(), "a foreign key verified the bundle");
+}
+
+#[test]
+fn missing_oci_archive_names_service() {
+    let path = oci_definition("oci-missing", "no-such-archive.tar");
+    let error = build_definition(&path).unwrap_err().to_string();
+    assert!(error.contains("service \"hello\""), "{error}");
+    assert!(error.contains("no-such-archive.tar not found"), "{error}");
+    assert!(error.contains("docker save"), "{error}");
+    assert_no_output(&path);
 }

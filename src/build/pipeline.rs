@@ -86,6 +86,7 @@ pub fn build(loaded: &Loaded, options: &BuildOptions) -> Result<BuildReport, Bui
     host::preflight()?;
     let init = std::fs::read(&options.init_binary)
         .map_err(|_| BuildError::InitMissing(options.init_binary.clone()))?;
+    services::check_images(loaded)?;
     let plan = crate::init::plan::from_definition(definition).map_err(|e| BuildError::Plan(e.to_string()))?;
     let network = crate::net::ApplianceNetwork::from_definition(definition).map_err(|e| BuildError::Plan(e.to_string()))?;
 

@@ -3,12 +3,35 @@
 //! container needs, created before the image is sealed read-only, and each
 //! service's OCI spec at `/usr/lib/ztms/bundles/<name>/config.json`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::oci::ImageConfig;
 use super::tree::resolve_in_root;
 use super::BuildError;
 use crate::config::Loaded;
 use crate::runtime::{self, RootfsDir, ServiceInput};
+
+/// Mount points of the kernel filesystems in every container.
+const SYSTEM_MOUNT_POINTS: &[&str] = &["/proc", "/dev", "/sys"];
+
+/// Checks that the OCI image of every service exists, before the build
+/// spends minutes on the base tree.
+pub fn check_images(loaded: &Loaded) -> Result<(), BuildError> {
+    for service in &loaded.definition.services {
+        let Some(oci) = &service.oci else { continue };
+        let path = loaded.resolve(oci.get_ref());
+        if !path.exists() {
+            return Err(BuildError::Oci {
+                service: service.name.get_ref().clone(),
+                error: format!(
+                    "{} not found; save the image there with `docker save -o FILE IMAGE` or `skopeo copy docker://IMAGE oci-archive:FILE`, or give the path of an OCI layout directory",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Unpacks each service's OCI image into `tree`, creates the mount points
 /// of every service and writes its spec. Returns the number of images
@@ -17,7 +40,7 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
     let mut imported = 0;
     for service in &loaded.definition.services {
         let name = service.name.get_ref();
-        let input = ServiceInput::new(service);
+        let mut input = ServiceInput::new(service);
         let relative_rootfs = input.rootfs.strip_prefix("/").unwrap_or(&input.rootfs).to_path_buf();
         let rootfs = tree.join(&relative_rootfs);
 
@@ -30,12 +53,20 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
             let image_json = rootfs.with_file_name("image.json");
             let text = serde_json::to_vec_pretty(&config).unwrap_or_default();
             std::fs::write(&image_json, text).map_err(|e| BuildError::io("write image config", &image_json, e))?;
+            apply_image_config(&mut input, &config);
             imported += 1;
         }
 
         let spec = runtime::bundle_spec(&input, &RootfsDir(rootfs.clone()))
             .map_err(|error| BuildError::Plan(error.to_string()))?;
-        for point in runtime::mount_points(&spec) {
+        let mut points = runtime::mount_points(&spec);
+        // The Debian root has /proc, /dev and /sys, but an image built
+        // FROM scratch may lack them, and crun cannot create them on the
+        // read-only root.
+        if service.oci.is_some() {
+            points.extend(SYSTEM_MOUNT_POINTS.iter().map(PathBuf::from));
+        }
+        for point in points {
             let target = resolve_in_root(&rootfs, &point);
             if !target.exists() {
                 std::fs::create_dir_all(&target).map_err(|e| BuildError::io("create mount point", &target, e))?;
@@ -56,4 +87,69 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
     let data = tree.join(runtime::DATA_DIR.trim_start_matches('/'));
     std::fs::create_dir_all(&data).map_err(|e| BuildError::io("create mount point", &data, e))?;
     Ok(imported)
+}
+
+/// Passes an OCI image's environment to its container and sets `PUID` and
+/// `PGID` to the service's `user`. Images that follow the linuxserver.io
+/// conventions read those two variables to pick the user that owns
+/// `/config`; here the container already runs as that user.
+fn apply_image_config(input: &mut ServiceInput<'_>, config: &ImageConfig) {
+    input.image_env = config.env.clone();
+    input.puid_pgid = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Service;
+
+    fn oci_service() -> Service {
+        let text = r#"
+name = "jellyfin"
+segment = "frontend"
+oci = "oci/jellyfin.tar"
+command = ["/init"]
+user = "1001:1002"
+"#;
+        toml::from_str(text).unwrap()
+    }
+
+    fn environment(input: &ServiceInput<'_>) -> Vec<String> {
+        let spec = runtime::bundle_spec(input, &runtime::NoImage).unwrap();
+        spec.process().as_ref().unwrap().env().clone().unwrap()
+    }
+
+    #[test]
+    fn oci_service_gets_puid_pgid_of_user() {
+        let service = oci_service();
+        let mut input = ServiceInput::new(&service);
+        apply_image_config(&mut input, &ImageConfig::default());
+        let env = environment(&input);
+        assert!(env.contains(&"PUID=1001".to_string()), "{env:?}");
+        assert!(env.contains(&"PGID=1002".to_string()), "{env:?}");
+    }
+
+    #[test]
+    fn oci_service_keeps_image_env() {
+        let service = oci_service();
+        let mut input = ServiceInput::new(&service);
+        let config = ImageConfig {
+            env: vec!["HOME=/config".into(), "PUID=911".into()],
+            ..ImageConfig::default()
+        };
+        apply_image_config(&mut input, &config);
+        let env = environment(&input);
+        assert!(env.contains(&"HOME=/config".to_string()), "{env:?}");
+        // The service's user wins over the image's default PUID.
+        assert!(env.contains(&"PUID=1001".to_string()), "{env:?}");
+        assert!(!env.contains(&"PUID=911".to_string()), "{env:?}");
+    }
+
+    #[test]
+    fn package_service_has_no_puid() {
+        let text = "name = \"media\"\nsegment = \"frontend\"\ncommand = [\"/bin/true\"]\n";
+        let service: Service = toml::from_str(text).unwrap();
+        let env = environment(&ServiceInput::new(&service));
+        assert!(!env.iter().any(|entry| entry.starts_with("PUID=")), "{env:?}");
+    }
 }

@@ -194,7 +194,11 @@ pub struct Service {
     #[serde(default)]
     pub packages: Vec<String>,
     /// OCI image archive (docker-save tar or oci-archive) or OCI layout
-    /// directory, relative to the definition file. Excludes `packages`.
+    /// directory, relative to the definition file, unpacked into the root
+    /// filesystem at build time. Excludes `packages`. The container gets the
+    /// image's environment with `PUID` and `PGID` set to `user`, as
+    /// linuxserver.io images expect. `command` and `user` replace the
+    /// image's entrypoint and user.
     #[serde(default)]
     #[schemars(with = "Option<PathBuf>")]
     pub oci: Option<Spanned<PathBuf>>,

@@ -114,6 +114,10 @@ fn every_shipped_image_is_valid() {
     let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
     for entry in std::fs::read_dir(images).unwrap() {
         let path = entry.unwrap().path();
+        // images/oci contains the OCI archives that definitions import.
+        if path.extension().is_none_or(|extension| extension != "toml") {
+            continue;
+        }
         if let Err(error) = super::load(&path) {
             panic!("{error}");
         }
@@ -223,4 +227,22 @@ fn volume_of_secrets_directory_rejected() {
     let error = error_of(&text);
     assert!(error.contains("exposes /data/secrets"), "{error}");
     assert!(error.contains("\"secrets/app\""), "{error}");
+}
+
+#[test]
+fn missing_oci_archive_passes_check() {
+    let text = format!(
+        "{MINIMAL}\n[[service]]\nname = \"jellyfin\"\nsegment = \"frontend\"\noci = \"oci/no-such-archive.tar\"\ncommand = [\"/usr/bin/jellyfin\"]\n"
+    );
+    let loaded = parse(Path::new("images/t.toml"), text).expect("a missing archive is a build error, not a check error");
+    assert_eq!(loaded.definition.services.len(), 1);
+}
+
+#[test]
+fn oci_with_packages_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[[service]]\nname = \"x\"\nsegment = \"frontend\"\noci = \"oci/x.tar\"\npackages = [\"nginx\"]\ncommand = [\"/bin/x\"]\n"
+    );
+    let error = error_of(&text);
+    assert!(error.contains("both oci and packages"), "{error}");
 }

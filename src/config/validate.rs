@@ -175,16 +175,8 @@ fn validate_services(loaded: &Loaded) -> Result<(), ConfigError> {
                     format!("service {name:?} sets both oci and packages; use one image source"),
                 ));
             }
-            let path = loaded.resolve(oci.get_ref());
-            if !path.exists() {
-                return Err(loaded.invalid(
-                    oci.span(),
-                    format!(
-                        "service {name:?}: OCI image {} not found; give the path of an image archive or OCI layout directory",
-                        path.display()
-                    ),
-                ));
-            }
+            // The archive is a build input, like a Debian package, so
+            // `ztms check` does not need it: the build checks it first.
         }
         parse_user(&service.user).map_err(|message| {
             loaded.invalid(at.clone(), format!("service {name:?}: {message}"))
