@@ -559,6 +559,7 @@ mod tests {
                 service: "web".into(),
                 outcome: crate::runtime::Outcome::Pass,
                 detail: "1 capabilities held".into(),
+                fix: None,
                 exceptions: vec!["cap:NET_BIND_SERVICE: binds port 80".into()],
             }],
             unaudited: vec![UnauditedService {

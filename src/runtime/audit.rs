@@ -120,8 +120,13 @@ pub struct AuditRow {
     pub title: String,
     pub service: String,
     pub outcome: Outcome,
-    /// The spec's value on a pass, or the fix on a failure.
+    /// The spec's value on a pass, or the problem and the fix on a
+    /// failure.
     pub detail: String,
+    /// On a failure, the fix alone: the part of `detail` after its last
+    /// `"; "`, because every failure detail is written as `problem; fix`.
+    #[serde(default)]
+    pub fix: Option<String>,
     /// Exceptions of the definition that this item allows, as
     /// `allow: reason`.
     pub exceptions: Vec<String>,
@@ -224,6 +229,7 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
             title: title.to_string(),
             service: service.clone(),
             outcome: if passed { Outcome::Pass } else { Outcome::Fail },
+            fix: if passed { None } else { fix_of(&detail) },
             detail,
             exceptions,
         });
@@ -667,6 +673,11 @@ fn secrets_check(mounts: &[oci_spec::runtime::Mount], env: Option<&[String]>) ->
         return (true, "no secrets; the image carries none".into());
     }
     (true, format!("secrets as read-only files: {}", files.join(", ")))
+}
+
+/// Returns the fix of a failure detail written as `problem; fix`.
+fn fix_of(detail: &str) -> Option<String> {
+    detail.rsplit_once("; ").map(|(_, fix)| fix.to_string())
 }
 
 fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {

@@ -792,6 +792,26 @@ fn audit_fails_unbounded_restarts() {
 }
 
 #[test]
+fn audit_failures_carry_fix() {
+    let text = TYPICAL.replace("health = { kind = \"http\", port = 8096, path = \"/health\" }\n", "user = \"0:0\"\n");
+    let service = service(&text);
+    let mut spec = spec_for(&service);
+    spec.linux_mut().as_mut().unwrap().set_seccomp(None);
+    let rows = audit_one(&service, &spec);
+    for row in &rows {
+        match row.outcome {
+            Outcome::Fail => {
+                let fix = row.fix.as_deref().unwrap_or_else(|| panic!("item {} has no fix: {}", row.item, row.detail));
+                assert!(row.detail.ends_with(fix), "item {}: {fix:?} is not the end of {:?}", row.item, row.detail);
+            }
+            Outcome::Pass => assert_eq!(row.fix, None, "item {} passed", row.item),
+        }
+    }
+    let seccomp = rows.iter().find(|row| row.item == "5.21").unwrap();
+    assert_eq!(seccomp.fix.as_deref(), Some("use the default profile"));
+}
+
+#[test]
 fn render_table_counts_failures() {
     let service = service(TYPICAL);
     let mut spec = spec_for(&service);
