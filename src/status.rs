@@ -4,9 +4,9 @@
 //! server replies with one line of JSON, a [`Status`] or an
 //! `{"error": "..."}` object. The unix socket serves one request per
 //! connection; the virtio-serial port serves any number of requests.
-//! Besides `status`, the server takes `isolate SERVICE` and `release
-//! SERVICE` ([`isolate_unix`]), the only requests that change the
-//! appliance, and in test images `probe` requests.
+//! Besides `status`, the server takes `audit` ([`audit_unix`]),
+//! `isolate SERVICE` and `release SERVICE` ([`isolate_unix`]), the only
+//! requests that change the appliance, and in test images `probe` requests.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -19,8 +19,11 @@ use serde::{Deserialize, Serialize};
 pub const SOCKET_PATH: &str = "/run/ztms/status.sock";
 /// Name of the virtio-serial port that serves the status in test images.
 pub const SERIAL_PORT_NAME: &str = "org.ztms.status";
-/// The one request the server understands.
+/// Request for a [`Status`].
 pub const REQUEST: &str = "status";
+/// Request for an [`AuditReply`]: ztms-init audits the spec of each
+/// service as it runs it.
+pub const AUDIT_REQUEST: &str = "audit";
 
 /// A snapshot of the appliance: boot phases, services and readiness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,9 +271,43 @@ pub struct ErrorReply {
     pub error: String,
 }
 
+/// Reply to an `audit` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReply {
+    /// One row per CIS Docker Benchmark item and service, in start order.
+    pub rows: Vec<crate::runtime::AuditRow>,
+    /// Services whose spec could not be read, so they have no rows.
+    #[serde(default)]
+    pub unaudited: Vec<UnauditedService>,
+}
+
+impl AuditReply {
+    /// Returns true when a row failed or a service could not be audited.
+    pub fn failed(&self) -> bool {
+        !self.unaudited.is_empty() || self.rows.iter().any(|row| row.outcome == crate::runtime::Outcome::Fail)
+    }
+}
+
+/// A service that an `audit` request could not audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnauditedService {
+    pub service: String,
+    /// What failed, with the path of the spec.
+    pub error: String,
+}
+
 /// A failed status query.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The socket could not be connected to.
+    #[error(
+        "cannot connect to status socket {path}: {source}; give the appliance's {SOCKET_PATH}, \
+         or status.sock in the state directory of a running VM started by `ztms run`"
+    )]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Connecting, sending or receiving failed.
     #[error("status query to {path} failed: {source}")]
     Io {
@@ -319,6 +356,53 @@ pub fn query_unix(path: &Path) -> Result<Status, QueryError> {
             source,
         },
     })
+}
+
+/// Sends an `audit` request to the status socket at `path`: the
+/// appliance's unix socket, or a VM's virtio-serial socket. Reply lines of
+/// other requests that are still in flight on a serial port are skipped.
+pub fn audit_unix(path: &Path) -> Result<AuditReply, QueryError> {
+    let io_error = |source| QueryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).map_err(|source| QueryError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(15))).map_err(io_error)?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(io_error)?;
+    stream.write_all(format!("{AUDIT_REQUEST}\n").as_bytes()).map_err(io_error)?;
+
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_err(io_error)? == 0 {
+            return Err(QueryError::NoReply { path: path.to_path_buf() });
+        }
+        match parse_audit_reply(&line) {
+            Some(Ok(reply)) => return Ok(reply),
+            Some(Err(message)) => {
+                return Err(QueryError::Rejected {
+                    path: path.to_path_buf(),
+                    message,
+                })
+            }
+            None => continue,
+        }
+    }
+}
+
+/// Parses one reply line to an `audit` request: the reply, the server's
+/// error message, or `None` for a line of another request.
+pub fn parse_audit_reply(line: &str) -> Option<Result<AuditReply, String>> {
+    if let Ok(reply) = serde_json::from_str::<AuditReply>(line) {
+        return Some(Ok(reply));
+    }
+    match serde_json::from_str::<ErrorReply>(line) {
+        Ok(reply) => Some(Err(reply.error)),
+        Err(_) => None,
+    }
 }
 
 /// A reply line that is not a status.
@@ -465,6 +549,80 @@ mod tests {
         server.join().unwrap();
         assert!(reply.isolated);
         assert_eq!(reply.address, std::net::Ipv4Addr::new(10, 80, 1, 33));
+    }
+
+    fn audit_sample() -> AuditReply {
+        AuditReply {
+            rows: vec![crate::runtime::AuditRow {
+                item: "5.3".into(),
+                title: "Restrict Linux kernel capabilities".into(),
+                service: "web".into(),
+                outcome: crate::runtime::Outcome::Pass,
+                detail: "1 capabilities held".into(),
+                fix: None,
+                exceptions: vec!["cap:NET_BIND_SERVICE: binds port 80".into()],
+            }],
+            unaudited: vec![UnauditedService {
+                service: "db".into(),
+                error: "reading /run/ztms/bundles/db/config.json failed".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn audit_reply_round_trips_through_json() {
+        let line = serde_json::to_string(&audit_sample()).unwrap();
+        let parsed = parse_audit_reply(&line).unwrap().unwrap();
+        assert_eq!(parsed, audit_sample());
+    }
+
+    #[test]
+    fn audit_outcome_is_lowercase() {
+        let line = serde_json::to_string(&audit_sample()).unwrap();
+        assert!(line.contains("\"outcome\":\"pass\""), "{line}");
+    }
+
+    #[test]
+    fn audit_reply_skips_status_lines() {
+        let status = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(parse_audit_reply(&status), None);
+    }
+
+    #[test]
+    fn audit_error_reply_is_rejected() {
+        let parsed = parse_audit_reply(r#"{"error":"no appliance plan"}"#);
+        assert_eq!(parsed, Some(Err("no appliance plan".to_string())));
+    }
+
+    #[test]
+    fn audit_reply_fails_on_unaudited_service() {
+        let mut reply = audit_sample();
+        assert!(reply.failed());
+        reply.unaudited.clear();
+        assert!(!reply.failed());
+        reply.rows[0].outcome = crate::runtime::Outcome::Fail;
+        assert!(reply.failed());
+    }
+
+    #[test]
+    fn audit_unix_skips_other_replies() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("status.sock");
+        let lines = format!("{}\n{}\n", serde_json::to_string(&sample()).unwrap(), serde_json::to_string(&audit_sample()).unwrap());
+        let lines: &'static str = Box::leak(lines.into_boxed_str());
+        let server = serve_once(&path, "audit\n", lines);
+        let reply = audit_unix(&path).unwrap();
+        server.join().unwrap();
+        assert_eq!(reply, audit_sample());
+    }
+
+    #[test]
+    fn audit_unix_names_socket_on_connect_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("missing.sock");
+        let error = audit_unix(&path).unwrap_err();
+        assert!(matches!(error, QueryError::Connect { .. }), "{error}");
+        assert!(error.to_string().contains(&path.display().to_string()), "{error}");
     }
 
     #[test]

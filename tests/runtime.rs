@@ -224,3 +224,52 @@ fn audit_fails_root_user() {
     assert!(row.contains("FAIL"), "{row}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("audit items failed"));
 }
+
+/// Returns the (item, service) pairs of the FAIL rows of an audit table.
+fn failed_rows(table: &str) -> Vec<(String, String)> {
+    let mut failed: Vec<(String, String)> = table
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            match cells.as_slice() {
+                [item, service, "FAIL", ..] => Some((item.to_string(), service.to_string())),
+                _ => None,
+            }
+        })
+        .collect();
+    failed.sort();
+    failed
+}
+
+#[test]
+fn audit_through_status_socket() {
+    let test = "audit_through_status_socket";
+    let definition = harness::repo().join("images/test-runtime.toml");
+    let offline = ztms(&["audit", definition.to_str().unwrap()]);
+    let offline_table = String::from_utf8_lossy(&offline.stdout).into_owned();
+
+    let image = image("test-runtime");
+    let mut vm = boot(test, &image);
+    vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
+    let socket = vm.paths.status.clone();
+    let online = ztms(&["audit", "--socket", socket.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&online.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&online.stderr).into_owned();
+
+    assert!(table.starts_with("ITEM"), "no table header:\n{table}\nstderr: {stderr}");
+    for item in ["5.3", "5.25"] {
+        let row = table
+            .lines()
+            .find(|line| line.split_whitespace().take(2).eq([item, "web"]))
+            .unwrap_or_else(|| panic!("no {item} row for web:\n{table}"));
+        assert!(row.contains(" pass "), "{row}");
+    }
+    assert!(!stderr.contains("was not audited"), "{stderr}");
+
+    // The specs that run carry the same policy as the planned ones, so
+    // both audits fail the same rows and exit alike.
+    assert_eq!(failed_rows(&table), failed_rows(&offline_table), "online:\n{table}\noffline:\n{offline_table}");
+    assert_eq!(table.lines().last(), offline_table.lines().last(), "summary lines differ");
+    assert_eq!(online.status.success(), failed_rows(&table).is_empty(), "{table}\nstderr: {stderr}");
+    assert_eq!(online.status.code(), offline.status.code(), "stderr: {stderr}");
+}

@@ -34,10 +34,18 @@ enum Command {
     Keygen {
         dir: PathBuf,
     },
-    /// Audit every service of a definition against the CIS Docker Benchmark
-    /// items that apply; exits non-zero when any item fails.
+    /// Audit every service against the CIS Docker Benchmark items that
+    /// apply, from a definition or on a running appliance; exits non-zero
+    /// when any item fails.
     Audit {
-        definition: PathBuf,
+        /// Appliance definition whose planned specs are audited.
+        #[arg(required_unless_present = "socket")]
+        definition: Option<PathBuf>,
+        /// Audit the specs that a running appliance runs, through its
+        /// status socket: /run/ztms/status.sock on the appliance, or the
+        /// status.sock in the state directory of a VM started by `ztms run`.
+        #[arg(long, conflicts_with = "definition")]
+        socket: Option<PathBuf>,
     },
     /// Print the status of a running appliance: phases, services, readiness.
     Status {
@@ -158,17 +166,7 @@ fn execute(cli: Cli) -> Result<ExitCode, String> {
             println!("wrote {0}/update.key and {0}/update.pub (public key {1})", dir.display(), hex::encode(key.as_bytes()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { definition } => {
-            let loaded = ztms::config::load(&definition).map_err(|e| e.to_string())?;
-            let rows = ztms::runtime::audit_definition(&loaded.definition).map_err(|e| e.to_string())?;
-            print!("{}", ztms::runtime::render_table(&rows));
-            let failed = rows.iter().filter(|row| row.outcome == ztms::runtime::Outcome::Fail).count();
-            if failed > 0 {
-                eprintln!("ztms: {failed} audit items failed");
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Audit { definition, socket } => audit(definition.as_deref(), socket.as_deref()),
         Command::Status { socket, json } => {
             let status = ztms::status::query_unix(&socket).map_err(|e| e.to_string())?;
             if json {
@@ -226,6 +224,36 @@ fn execute(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints the audit table of a definition or of a running appliance, and
+/// fails when an item failed or a service could not be audited.
+fn audit(definition: Option<&Path>, socket: Option<&Path>) -> Result<ExitCode, String> {
+    let (rows, unaudited) = match (definition, socket) {
+        (_, Some(socket)) => {
+            let reply = ztms::status::audit_unix(socket).map_err(|e| e.to_string())?;
+            (reply.rows, reply.unaudited)
+        }
+        (Some(definition), None) => {
+            let loaded = ztms::config::load(definition).map_err(|e| e.to_string())?;
+            let rows = ztms::runtime::audit_definition(&loaded.definition).map_err(|e| e.to_string())?;
+            (rows, Vec::new())
+        }
+        (None, None) => return Err("give a definition file or --socket SOCKET".into()),
+    };
+
+    print!("{}", ztms::runtime::render_table(&rows));
+    for service in &unaudited {
+        eprintln!("ztms: service {} was not audited: {}", service.service, service.error);
+    }
+    let failed = rows.iter().filter(|row| row.outcome == ztms::runtime::Outcome::Fail).count();
+    if failed > 0 {
+        eprintln!("ztms: {failed} audit items failed");
+    }
+    if failed > 0 || !unaudited.is_empty() {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn update(args: &UpdateArgs) -> Result<ExitCode, String> {
@@ -354,4 +382,37 @@ fn print_report(out: &Path, report: &ztms::build::BuildReport) {
         );
     }
     println!("  root filesystem {:.1} MiB, verity root hash {}", report.root_size as f64 / f64::from(1 << 20), report.root_hash);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ztms").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn audit_takes_definition() {
+        let cli = parse(&["audit", "images/test-runtime.toml"]).unwrap();
+        assert!(matches!(cli.command, Command::Audit { definition: Some(_), socket: None }), "{cli:?}");
+    }
+
+    #[test]
+    fn audit_takes_socket() {
+        let cli = parse(&["audit", "--socket", "vm/status.sock"]).unwrap();
+        assert!(matches!(cli.command, Command::Audit { definition: None, socket: Some(_) }), "{cli:?}");
+    }
+
+    #[test]
+    fn audit_rejects_definition_and_socket() {
+        let error = parse(&["audit", "images/test-runtime.toml", "--socket", "vm/status.sock"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict, "{error}");
+    }
+
+    #[test]
+    fn audit_requires_definition_or_socket() {
+        let error = parse(&["audit"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{error}");
+    }
 }

@@ -329,7 +329,7 @@ pub enum Health {
 }
 
 /// An exception to the default container policy.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Exception {
     /// The allowed exception: `cap:NAME` (a capability), `device:PATH` (a device

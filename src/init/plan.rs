@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ban::BanSettings;
 use super::order::{self, OrderError};
-use crate::config::{Definition, Health, KeyFile, Unlock};
+use crate::config::{Definition, Exception, Health, KeyFile, Unlock};
 use crate::runtime::{plan_secrets, secret_path, valid_secret_name, SecretPlan, SecretsError};
 
 /// Path of the plan in the root filesystem.
@@ -98,6 +98,10 @@ pub struct ServicePlan {
     pub health: HealthPlan,
     /// Address the health checks connect to.
     pub address: Ipv4Addr,
+    /// The definition's exceptions to the default container policy, with
+    /// their reasons, for the `audit` request of the status API.
+    #[serde(default)]
+    pub exceptions: Vec<Exception>,
 }
 
 /// How the supervisor decides that a service is healthy.
@@ -291,6 +295,7 @@ pub fn from_definition(definition: &Definition) -> Result<AppliancePlan, PlanErr
             // network phase gives each its own address, so checks go to
             // loopback.
             address: Ipv4Addr::LOCALHOST,
+            exceptions: service.exceptions.clone(),
         });
     }
 

@@ -174,6 +174,9 @@ impl Init {
             Ok(())
         });
         self.plan = plan;
+        if let Some(plan) = &self.plan {
+            super::audit::enable(plan);
+        }
 
         self.phases.run("mounts", || {
             let failures = mounts::mount_table(&mounts::STAGE2);

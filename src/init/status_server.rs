@@ -2,6 +2,8 @@
 //! request per connection, and in test images a virtio-serial port that
 //! serves any number. Both are non-blocking and served from the main loop.
 //! Every request reads state except `isolate` and `release`.
+//! `status` and `audit` are answered on the main loop, because each reads
+//! memory or a few small files; probes and isolations run on threads.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::network::{isolate, probe as net_probe};
-use crate::status::{ErrorReply, Status, REQUEST};
+use crate::status::{ErrorReply, Status, AUDIT_REQUEST, REQUEST};
 use crate::update::protocol::{self as update_protocol, UpdateReply, UpdateRequest, UpdateState};
 
 /// Maximum length of a request line, in bytes.
@@ -32,10 +34,15 @@ pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
     let request = request.trim();
     let body = if request == REQUEST {
         serde_json::to_string(&status())
+    } else if request == AUDIT_REQUEST {
+        match super::audit::run() {
+            Ok(audit) => serde_json::to_string(&audit),
+            Err(error) => serde_json::to_string(&ErrorReply { error }),
+        }
     } else {
         let truncated: String = request.chars().take(40).collect();
         serde_json::to_string(&ErrorReply {
-            error: format!("unknown request {truncated:?}; send \"{REQUEST}\""),
+            error: format!("unknown request {truncated:?}; send \"{REQUEST}\" or \"{AUDIT_REQUEST}\""),
         })
     };
     match body {
@@ -43,7 +50,7 @@ pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
             line.push('\n');
             line
         }
-        Err(error) => format!("{{\"error\": \"encoding the status failed: {error}\"}}\n"),
+        Err(error) => format!("{{\"error\": \"encoding the reply failed: {error}\"}}\n"),
     }
 }
 
@@ -387,9 +394,9 @@ impl StatusServer {
             // swap_remove must not run.
             return false;
         }
-        // The reply is a few kilobytes and the socket buffer is empty, so
-        // one write normally takes it all. A client that does not read
-        // loses the rest.
+        // A reply is a few kilobytes (an audit of many services some tens)
+        // and the socket buffer is empty, so one write normally takes it
+        // all. A client that does not read loses the rest.
         let _ = connection.stream.write_all(reply(&line, status).as_bytes());
         true
     }
@@ -500,7 +507,7 @@ mod tests {
     fn other_request_gets_error() {
         let line = reply("reboot", &sample);
         let parsed: ErrorReply = serde_json::from_str(&line).unwrap();
-        assert_eq!(parsed.error, "unknown request \"reboot\"; send \"status\"");
+        assert_eq!(parsed.error, "unknown request \"reboot\"; send \"status\" or \"audit\"");
     }
 
     #[test]

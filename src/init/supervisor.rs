@@ -856,6 +856,7 @@ mod tests {
             depends_on: depends_on.iter().map(|part| part.to_string()).collect(),
             health,
             address: Ipv4Addr::LOCALHOST,
+            exceptions: Vec::new(),
         }
     }
 

@@ -3,9 +3,10 @@
 //! crun spec, checked on the generated specs themselves.
 //!
 //! Each check reads the [`Spec`] that ztms-init will run, plus the facts
-//! of the definition that a spec does not carry: health check, restart
-//! policy and exception reasons. A spec weakened by hand or by a bug
-//! therefore fails the item it breaks. Items that need Docker (daemon flags, image
+//! that a spec does not carry: health check, restart policy and exception
+//! reasons, from the definition (`ztms audit FILE`) or from the appliance
+//! plan (the `audit` request of the status API). A spec weakened by hand
+//! or by a bug therefore fails the item it breaks. Items that need Docker (daemon flags, image
 //! registries, `docker exec`) or an LSM profile (5.1 AppArmor, 5.2
 //! SELinux, which ztms does not use) are not listed.
 
@@ -14,13 +15,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use oci_spec::runtime::{Capability, LinuxNamespaceType, LinuxSeccompAction, Spec};
+use serde::{Deserialize, Serialize};
 
 use super::devices::device_grants;
 use super::policy::parse_capability;
 use super::resolve::NoImage;
 use super::spec::bundle_spec;
 use super::{RuntimeError, ServiceInput, DATA_DIR, SECRETS_DIR, SECRETS_TARGET};
-use crate::config::{Definition, Service};
+use crate::config::{Definition, Exception, Service};
+use crate::init::{HealthPlan, ServicePlan};
 
 /// Capabilities that give a process the host, as `--privileged` would.
 const PRIVILEGED_CAPABILITIES: &[Capability] = &[
@@ -45,10 +48,40 @@ const CONTROL_DIRS: &[&str] = &["/run/ztms", "/run/crun", "/run/docker", "/run/c
 /// One service to audit.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditInput<'a> {
-    pub service: &'a Service,
+    pub service: ServiceFacts<'a>,
     /// The spec ztms-init runs for the service.
     pub spec: &'a Spec,
     pub restart: RestartFacts,
+}
+
+/// Facts of a service that its spec does not carry.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceFacts<'a> {
+    pub name: &'a str,
+    /// True when the service has a health check.
+    pub health_check: bool,
+    /// Exceptions to the default policy, each with its reason.
+    pub exceptions: &'a [Exception],
+}
+
+impl<'a> From<&'a Service> for ServiceFacts<'a> {
+    fn from(service: &'a Service) -> Self {
+        Self {
+            name: service.name.get_ref(),
+            health_check: service.health.is_some(),
+            exceptions: &service.exceptions,
+        }
+    }
+}
+
+impl<'a> From<&'a ServicePlan> for ServiceFacts<'a> {
+    fn from(service: &'a ServicePlan) -> Self {
+        Self {
+            name: &service.name,
+            health_check: service.health != HealthPlan::None,
+            exceptions: &service.exceptions,
+        }
+    }
 }
 
 /// Restart behaviour of the supervisor for a service that exits.
@@ -72,22 +105,28 @@ impl RestartFacts {
 }
 
 /// Result of one item for one service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Pass,
     Fail,
 }
 
 /// One line of the audit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRow {
     /// CIS Docker Benchmark item, such as `5.12`.
-    pub item: &'static str,
-    pub title: &'static str,
+    pub item: String,
+    pub title: String,
     pub service: String,
     pub outcome: Outcome,
-    /// The spec's value on a pass, or the fix on a failure.
+    /// The spec's value on a pass, or the problem and the fix on a
+    /// failure.
     pub detail: String,
+    /// On a failure, the fix alone: the part of `detail` after its last
+    /// `"; "`, because every failure detail is written as `problem; fix`.
+    #[serde(default)]
+    pub fix: Option<String>,
     /// Exceptions of the definition that this item allows, as
     /// `allow: reason`.
     pub exceptions: Vec<String>,
@@ -115,7 +154,7 @@ pub fn audit_definition(definition: &Definition) -> Result<Vec<AuditRow>, Runtim
         .iter()
         .zip(&specs)
         .map(|(service, spec)| AuditInput {
-            service,
+            service: service.into(),
             spec,
             restart: RestartFacts::supervisor(),
         })
@@ -134,13 +173,13 @@ pub fn render_table(rows: &[AuditRow]) -> String {
                 detail.push_str(&format!("; exception {exception}"));
             }
             [
-                row.item.to_string(),
+                row.item.clone(),
                 row.service.clone(),
                 match row.outcome {
                     Outcome::Pass => "pass".to_string(),
                     Outcome::Fail => "FAIL".to_string(),
                 },
-                row.title.to_string(),
+                row.title.clone(),
                 detail,
             ]
         })
@@ -177,19 +216,20 @@ pub fn render_table(rows: &[AuditRow]) -> String {
 }
 
 fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
-    let service = input.service.name.get_ref().clone();
+    let service = input.service.name.to_string();
     let spec = input.spec;
     let linux = spec.linux().as_ref();
     let process = spec.process().as_ref();
     let resources = linux.and_then(|linux| linux.resources().as_ref());
     let mounts = spec.mounts().as_deref().unwrap_or(&[]);
 
-    let mut row = |item, title, passed: bool, detail: String, exceptions: Vec<String>| {
+    let mut row = |item: &str, title: &str, passed: bool, detail: String, exceptions: Vec<String>| {
         rows.push(AuditRow {
-            item,
-            title,
+            item: item.to_string(),
+            title: title.to_string(),
             service: service.clone(),
             outcome: if passed { Outcome::Pass } else { Outcome::Fail },
+            fix: if passed { None } else { fix_of(&detail) },
             detail,
             exceptions,
         });
@@ -306,7 +346,7 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
     ] {
         let (passed, detail) = namespace_check(spec, typ, &service);
         let exceptions = if typ == LinuxNamespaceType::Pid {
-            exception_texts(input.service, &["namespace:host-pid"])
+            exception_texts(input.service.exceptions, &["namespace:host-pid"])
         } else {
             Vec::new()
         };
@@ -349,7 +389,7 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
 
     // 5.12: read-only root.
     let readonly = spec.root().as_ref().and_then(|root| root.readonly()).unwrap_or(false);
-    let writable_exceptions = exception_texts(input.service, &["writable:", "exec-tmpfs:"]);
+    let writable_exceptions = exception_texts(input.service.exceptions, &["writable:", "exec-tmpfs:"]);
     row(
         "5.12",
         "Mount the root filesystem read-only",
@@ -381,7 +421,7 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
 
     // 5.17: devices only through grants.
     let grants = device_grants(spec, &service).unwrap_or_default();
-    let device_exceptions = exception_texts(input.service, &["device:"]);
+    let device_exceptions = exception_texts(input.service.exceptions, &["device:"]);
     let ungranted: Vec<String> = linux
         .and_then(|linux| linux.devices().as_ref())
         .map(|devices| {
@@ -485,10 +525,11 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
     row(
         "5.26",
         "Check container health at runtime",
-        input.service.health.is_some(),
-        match &input.service.health {
-            Some(_) => "has a protocol-level health check".into(),
-            None => "no health check, so a running but silent service counts as healthy; add health = { kind = \"http\", ... }".into(),
+        input.service.health_check,
+        if input.service.health_check {
+            "has a protocol-level health check".into()
+        } else {
+            "no health check, so a running but silent service counts as healthy; add health = { kind = \"http\", ... }".into()
         },
         Vec::new(),
     );
@@ -634,6 +675,11 @@ fn secrets_check(mounts: &[oci_spec::runtime::Mount], env: Option<&[String]>) ->
     (true, format!("secrets as read-only files: {}", files.join(", ")))
 }
 
+/// Returns the fix of a failure detail written as `problem; fix`.
+fn fix_of(detail: &str) -> Option<String> {
+    detail.rsplit_once("; ").map(|(_, fix)| fix.to_string())
+}
+
 fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {
     mount.typ().as_deref() == Some("bind")
         || mount
@@ -642,9 +688,8 @@ fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {
             .is_some_and(|options| options.iter().any(|option| option == "bind" || option == "rbind"))
 }
 
-fn exception_texts(service: &Service, prefixes: &[&str]) -> Vec<String> {
-    service
-        .exceptions
+fn exception_texts(exceptions: &[Exception], prefixes: &[&str]) -> Vec<String> {
+    exceptions
         .iter()
         .filter(|exception| prefixes.iter().any(|prefix| exception.allow.starts_with(prefix)))
         .map(|exception| format!("{}: {}", exception.allow, exception.reason))

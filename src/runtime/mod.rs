@@ -30,7 +30,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use audit::{audit, audit_definition, render_table, AuditInput, AuditRow, Outcome, RestartFacts};
+pub use audit::{audit, audit_definition, render_table, AuditInput, AuditRow, Outcome, RestartFacts, ServiceFacts};
 pub use devices::{fill_device_grants, DeviceGrant, DeviceKind, DeviceNode, DEVICE_GRANTS_ANNOTATION};
 pub use policy::{parse_capability, parse_exceptions, CapabilityGrant, Policy, TmpfsGrant};
 pub use resolve::{resolve_in_rootfs, Entry, NoImage, Resolved, RootfsDir, RootfsTree};

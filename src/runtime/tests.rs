@@ -87,14 +87,14 @@ fn options(mount: &Mount) -> Vec<String> {
 
 fn audit_one(service: &Service, spec: &Spec) -> Vec<AuditRow> {
     audit(&[AuditInput {
-        service,
+        service: service.into(),
         spec,
         restart: RestartFacts::supervisor(),
     }])
 }
 
-fn failed_items(rows: &[AuditRow]) -> Vec<&'static str> {
-    rows.iter().filter(|row| row.outcome == Outcome::Fail).map(|row| row.item).collect()
+fn failed_items(rows: &[AuditRow]) -> Vec<String> {
+    rows.iter().filter(|row| row.outcome == Outcome::Fail).map(|row| row.item.clone()).collect()
 }
 
 #[test]
@@ -668,7 +668,7 @@ fn audit_passes_default_spec() {
 }
 
 /// Audits the typical spec after `weaken` and returns the failed items.
-fn audit_weakened(weaken: impl FnOnce(&mut Spec)) -> Vec<&'static str> {
+fn audit_weakened(weaken: impl FnOnce(&mut Spec)) -> Vec<String> {
     let service = service(TYPICAL);
     let mut spec = spec_for(&service);
     weaken(&mut spec);
@@ -685,8 +685,8 @@ fn audit_fails_privileged_capabilities() {
         capabilities.set_effective(Some(all));
         process.set_capabilities(Some(capabilities));
     });
-    assert!(failed.contains(&"5.3"), "{failed:?}");
-    assert!(failed.contains(&"5.4"), "{failed:?}");
+    assert!(failed.iter().any(|item| item == "5.3"), "{failed:?}");
+    assert!(failed.iter().any(|item| item == "5.4"), "{failed:?}");
 }
 
 #[test]
@@ -763,8 +763,8 @@ fn audit_fails_docker_socket_mount() {
             .unwrap();
         spec.mounts_mut().as_mut().unwrap().push(socket);
     });
-    assert!(failed.contains(&"5.31"), "{failed:?}");
-    assert!(failed.contains(&"5.5"), "{failed:?}");
+    assert!(failed.iter().any(|item| item == "5.31"), "{failed:?}");
+    assert!(failed.iter().any(|item| item == "5.5"), "{failed:?}");
 }
 
 #[test]
@@ -781,7 +781,7 @@ fn audit_fails_unbounded_restarts() {
     let service = service(TYPICAL);
     let spec = spec_for(&service);
     let rows = audit(&[AuditInput {
-        service: &service,
+        service: (&service).into(),
         spec: &spec,
         restart: RestartFacts {
             max_restarts: None,
@@ -789,6 +789,26 @@ fn audit_fails_unbounded_restarts() {
         },
     }]);
     assert_eq!(failed_items(&rows), ["5.14"]);
+}
+
+#[test]
+fn audit_failures_carry_fix() {
+    let text = TYPICAL.replace("health = { kind = \"http\", port = 8096, path = \"/health\" }\n", "user = \"0:0\"\n");
+    let service = service(&text);
+    let mut spec = spec_for(&service);
+    spec.linux_mut().as_mut().unwrap().set_seccomp(None);
+    let rows = audit_one(&service, &spec);
+    for row in &rows {
+        match row.outcome {
+            Outcome::Fail => {
+                let fix = row.fix.as_deref().unwrap_or_else(|| panic!("item {} has no fix: {}", row.item, row.detail));
+                assert!(row.detail.ends_with(fix), "item {}: {fix:?} is not the end of {:?}", row.item, row.detail);
+            }
+            Outcome::Pass => assert_eq!(row.fix, None, "item {} passed", row.item),
+        }
+    }
+    let seccomp = rows.iter().find(|row| row.item == "5.21").unwrap();
+    assert_eq!(seccomp.fix.as_deref(), Some("use the default profile"));
 }
 
 #[test]
@@ -813,7 +833,7 @@ fn audit_definition_covers_each_service() {
     let web_failures: Vec<&str> = rows
         .iter()
         .filter(|row| row.service == "web" && row.outcome == Outcome::Fail)
-        .map(|row| row.item)
+        .map(|row| row.item.as_str())
         .collect();
     assert_eq!(web_failures, ["5.26"]);
 }
@@ -839,5 +859,5 @@ fn audit_fails_writable_secret() {
         }
     }
     let failed = failed_items(&audit_one(&service, &spec));
-    assert!(failed.contains(&"4.10"), "{failed:?}");
+    assert!(failed.iter().any(|item| item == "4.10"), "{failed:?}");
 }
