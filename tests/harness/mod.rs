@@ -202,10 +202,20 @@ pub fn boot_on_lan(test: &str, image: &Path, lan: ztms::run::vm::LanLink) -> Tes
     TestVm { vm, name: test.to_string() }
 }
 
-/// Returns a free TCP port on 127.0.0.1. Another process may take it
-/// before QEMU binds it, which makes the VM fail to start, not a test pass.
+/// Returns a free TCP port on 127.0.0.1 that no earlier call in this test
+/// process returned: the kernel may hand out a just-released port again,
+/// and QEMU refuses two forwards on one host port. Another process may
+/// still take it before QEMU binds it, which makes the VM fail to start,
+/// not a test pass.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Connects from inside `service`'s namespace to `address:port` and reads
