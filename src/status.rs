@@ -292,7 +292,7 @@ impl AuditReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnauditedService {
     pub service: String,
-    /// What failed, with the path of the spec.
+    /// Error message, with the path of the spec.
     pub error: String,
 }
 

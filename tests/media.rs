@@ -8,12 +8,10 @@
 
 mod harness;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{boot_with_forwards, free_port, image};
+use harness::{boot_with_forwards, free_port, http_reply, image};
 use ztms::run::vm::Forward;
 
 /// First boot of the whole stack under TCG: provisioning the data volume,
@@ -46,19 +44,6 @@ fn curl(port: u16, path: &str, args: &[&str]) -> Reply {
         status: status.trim().parse().unwrap_or(0),
         body: body.to_string(),
     }
-}
-
-/// Sends a plain HTTP request to a forwarded port and returns the reply,
-/// or an empty string when the port sends nothing back.
-fn raw_reply(port: u16) -> String {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n");
-    let mut reply = Vec::new();
-    let _ = stream.read_to_end(&mut reply);
-    String::from_utf8_lossy(&reply).into_owned()
 }
 
 /// Reads the web password that ztms-init shows on the console at the boot
@@ -135,7 +120,7 @@ fn media_stack_behind_tls_proxy() {
 
     // Only the proxy replies from outside.
     for forward in &forwards[1..] {
-        let reply = raw_reply(forward.host);
+        let reply = http_reply(forward.host);
         assert!(reply.is_empty(), "guest port {} answered from outside: {reply:?}", forward.guest);
     }
 

@@ -7,11 +7,9 @@
 
 mod harness;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{Ipv4Addr, TcpListener};
 
-use harness::{boot, boot_with_forwards, image, probe, ProbeRequest, BOOT_TIMEOUT};
+use harness::{boot, boot_with_forwards, http_reply, image, probe, ProbeRequest, BOOT_TIMEOUT};
 use ztms::config::Proto;
 use ztms::net::NetworkPlan;
 use ztms::run::vm::Forward;
@@ -143,17 +141,6 @@ fn free_port() -> u16 {
 /// Sends an HTTP request to 127.0.0.1:`port` and returns what came back
 /// within the timeout. QEMU accepts every forwarded connection itself, so
 /// only a reply shows that the guest's service is reachable.
-fn http_reply(port: u16) -> String {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n");
-    let mut reply = Vec::new();
-    let _ = stream.read_to_end(&mut reply);
-    String::from_utf8_lossy(&reply).into_owned()
-}
-
 #[test]
 fn uplink_answers_only_published_port() {
     let plan = test_net_plan();

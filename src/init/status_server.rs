@@ -2,8 +2,8 @@
 //! request per connection, and in test images a virtio-serial port that
 //! serves any number. Both are non-blocking and served from the main loop.
 //! Every request reads state except `isolate` and `release`.
-//! `status` and `audit` are answered on the main loop, because each reads
-//! memory or a few small files; probes and isolations run on threads.
+//! `status` and `audit` are served on the main loop, because each reads
+//! memory or a few small files. Probes and isolations run on threads.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};

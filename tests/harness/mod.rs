@@ -208,14 +208,29 @@ pub fn boot_on_lan(test: &str, image: &Path, lan: ztms::run::vm::LanLink) -> Tes
 /// still take it before QEMU binds it, which makes the VM fail to start,
 /// not a test pass.
 pub fn free_port() -> u16 {
-    static GIVEN: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
-    let mut given = GIVEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    static RETURNED: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let mut returned = RETURNED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if given.insert(port) {
+        if returned.insert(port) {
             return port;
         }
     }
+}
+
+/// Sends a plain HTTP request to a forwarded host port and returns the
+/// reply, or an empty string when the port sends nothing back.
+pub fn http_reply(port: u16) -> String {
+    use std::io::{Read, Write};
+
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n");
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
 }
 
 /// Connects from inside `service`'s namespace to `address:port` and reads
