@@ -20,6 +20,13 @@ const WORK_DIR: &str = "/run/ztms/tpm";
 /// dictionary-attack lockout, and usable only through its policy (no
 /// `userwithauth`).
 const SEAL_ATTRIBUTES: &str = "fixedtpm|fixedparent|noda|adminwithpolicy";
+/// Object attributes of the primary key: tpm2-tools' default storage-key
+/// template plus `noda`. Without `noda`, loading the sealed object uses a
+/// dictionary-attack-protected authorization, and every power loss after
+/// that counts as a failed try at the next startup. libtpms allows 3 tries
+/// and forgives one per 1000 s, so the third power cut in a row locked the
+/// TPM and the volume asked for its recovery key.
+const PRIMARY_ATTRIBUTES: &str = "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda";
 
 /// Returns true when the kernel has a TPM 2.0 resource manager device.
 pub fn present() -> bool {
@@ -62,7 +69,7 @@ impl Drop for WorkDir {
 fn create_primary(work: &WorkDir) -> Result<String, String> {
     let context = work.file("primary.ctx");
     tool("tpm2_createprimary")
-        .args(["-Q", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-c", &context])
+        .args(["-Q", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb", "-a", PRIMARY_ATTRIBUTES, "-c", &context])
         .output()?;
     // The key's name identifies the TPM's storage seed. When unsealing
     // fails, a name that differs from the one logged at sealing points to
