@@ -58,6 +58,20 @@ pub struct Status {
     /// Intrusion prevention, when the definition's `[ban]` names a service.
     #[serde(default)]
     pub ban: Option<BanStatus>,
+    /// The update that systemd-boot gave up on before this boot, if any.
+    #[serde(default)]
+    pub failed_update: Option<FailedUpdate>,
+}
+
+/// A version whose trial boots used up their boot counter, so systemd-boot
+/// went back to the running version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedUpdate {
+    pub version: String,
+    /// Boots that the counter allowed it.
+    pub tries: u32,
+    /// The persisted log's explanation, or why there is none.
+    pub reason: String,
 }
 
 /// Failed authentications and bans since boot.
@@ -473,6 +487,7 @@ mod tests {
                 bans_lost: 0,
                 banned: vec![BannedClient { address: std::net::Ipv4Addr::new(10, 0, 2, 2), seconds_left: 540 }],
             }),
+            failed_update: Some(FailedUpdate { version: "3.0.0".into(), tries: 3, reason: "not every service is healthy".into() }),
         }
     }
 

@@ -332,6 +332,12 @@ fn print_status(status: &ztms::status::Status) {
             println!("  recovery key (shown on this boot only, write it down): {key}");
         }
     }
+    if let Some(failed) = &status.failed_update {
+        println!(
+            "update: version {} failed its {} trial boots, and the appliance went back to {}: {}",
+            failed.version, failed.tries, status.version, failed.reason
+        );
+    }
     if !status.wireguard.is_empty() {
         println!("wireguard:");
     }

@@ -143,6 +143,9 @@ pub fn bless(name: &str) -> Result<Outcome, BlessError> {
     let partition = block::wait_for_label(&label, Duration::from_secs(5))?;
     let mount_point = mount_esp(&partition.node())?;
     let result = rename_on_esp(&mount_point, &target);
+    if let Ok(Outcome::Blessed { new, .. }) = &result {
+        demote_newer(&mount_point, name, new);
+    }
 
     nix::unistd::sync();
     if let Err(error) = mount::umount(mount_point.as_str()) {
@@ -266,6 +269,50 @@ fn rename_on_esp(mount_point: &str, target: &Target) -> Result<Outcome, BlessErr
     Ok(Outcome::Blessed { old, new })
 }
 
+/// Returns the renames that put every uncounted UKI of `name` with a
+/// version above the one in `blessed` behind it: the counter `+0-0` (no
+/// try left, none made) makes systemd-boot sort the entry last, and tells
+/// [`super::rollback`] that it is no failed update.
+///
+/// A blessed downgrade needs this: systemd-boot boots the newest version
+/// by default, and the user chose the older one.
+pub fn newer_entries(name: &str, blessed: &str, files: &[String]) -> Vec<(String, String)> {
+    let prefix = format!("{name}-");
+    let version_of = |file: &str| file.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".efi")).map(str::to_string);
+    let Some(blessed_version) = version_of(blessed) else { return Vec::new() };
+    files
+        .iter()
+        .filter(|file| strip_boot_counter(file).is_none())
+        .filter_map(|file| {
+            let version = version_of(file)?;
+            let newer = crate::update::version::compare(&version, &blessed_version) == std::cmp::Ordering::Greater;
+            newer.then(|| (file.clone(), format!("{prefix}{version}+0-0.efi")))
+        })
+        .collect()
+}
+
+/// Renames the UKIs that [`newer_entries`] names; failures are logged, as
+/// the blessing itself succeeded.
+fn demote_newer(mount_point: &str, name: &str, blessed: &str) {
+    let directory = Path::new(mount_point).join(UKI_DIRECTORY);
+    let files: Vec<String> = match std::fs::read_dir(&directory) {
+        Ok(entries) => entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect(),
+        Err(error) => {
+            log::warn!("reading {} failed: {error}", directory.display());
+            return;
+        }
+    };
+    for (old, new) in newer_entries(name, blessed, &files) {
+        match std::fs::rename(directory.join(&old), directory.join(&new)) {
+            Ok(()) => log::info!("{old} is newer than the blessed downgrade; renamed to {new}, so it no longer boots by default"),
+            Err(error) => log::warn!("renaming {old} to {new} failed: {error}; the newer version boots again at the next boot"),
+        }
+    }
+    if let Err(error) = std::fs::File::open(&directory).and_then(|d| d.sync_all()) {
+        log::warn!("syncing {} failed: {error}", directory.display());
+    }
+}
+
 /// Finds the file in `EFI/Linux` whose name without counter equals the
 /// entry's, because systemd-boot renamed it after choosing it.
 fn find_counted(mount_point: &str, entry: &str) -> Result<PathBuf, BlessError> {
@@ -289,6 +336,14 @@ fn find_counted(mount_point: &str, entry: &str) -> Result<PathBuf, BlessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blessed_downgrade_demotes_newer_versions_only() {
+        let files: Vec<String> =
+            ["app-1.0.0.efi", "app-2.0.0.efi", "app-0.9.0.efi", "app-3.0.0+0-3.efi", "other-5.0.0.efi"].map(String::from).into();
+        assert_eq!(newer_entries("app", "app-1.0.0.efi", &files), [("app-2.0.0.efi".to_string(), "app-2.0.0+0-0.efi".to_string())]);
+        assert!(newer_entries("app", "app-2.0.0.efi", &files).is_empty());
+    }
 
     #[test]
     fn counter_with_done_is_stripped() {

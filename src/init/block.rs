@@ -62,6 +62,21 @@ pub fn parse_uevent(text: &str) -> Uevent {
     event
 }
 
+/// Mounts removable media (FAT or ext4) read-only, without devices,
+/// set-id programs or execution, on the existing directory `target`.
+pub fn mount_removable(device: &str, target: &Path) -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let mut errors = Vec::new();
+    for fstype in ["vfat", "ext4"] {
+        match mount(Some(device), target, Some(fstype), flags, None::<&str>) {
+            Ok(()) => return Ok(()),
+            Err(error) => errors.push(format!("{fstype}: {error}")),
+        }
+    }
+    Err(format!("mounting {device} read-only failed ({})", errors.join(", ")))
+}
+
 /// Returns every block device whose GPT label is `label`, sorted by name.
 pub fn find_by_label(sys_class_block: &Path, label: &str) -> Vec<BlockDevice> {
     let Ok(entries) = std::fs::read_dir(sys_class_block) else {

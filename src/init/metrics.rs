@@ -300,6 +300,7 @@ mod tests {
                 bans_lost: 0,
                 banned: vec![BannedClient { address: std::net::Ipv4Addr::new(10, 0, 2, 2), seconds_left: 540 }],
             }),
+            failed_update: None,
         }
     }
 

@@ -23,6 +23,7 @@ use super::supervisor::Supervisor;
 use super::{cgroups, cmdline, logger, modules, mounts, network, secrets, storage, sysctl};
 use super::{boottime_ms, monotonic_ms};
 use crate::status::{self, Status, StorageStatus};
+use crate::update::protocol::UpdateRequest;
 
 /// Modules stage 2 loads: input devices for the power button, the
 /// virtio-serial status port, and VFAT with its code pages for the ESP.
@@ -58,6 +59,8 @@ struct Init {
     cgroups_enabled: bool,
     /// Outcome of the storage phase, for the status API.
     storage: Option<StorageStatus>,
+    /// The update systemd-boot gave up on before this boot.
+    failed_update: Option<status::FailedUpdate>,
     signals: Option<SignalFd>,
     buttons: Vec<PowerButton>,
     status_server: StatusServer,
@@ -72,6 +75,10 @@ struct Init {
     shutdown: Option<Shutdown>,
     /// The update thread while one runs; it has the serial port.
     update: Option<std::thread::JoinHandle<super::update::Finished>>,
+    /// True while the update thread has the serial port.
+    update_from_port: bool,
+    /// The looks for an update stick.
+    stick: super::stick::StickWatch,
 }
 
 /// Runs stage 2. Never returns.
@@ -143,6 +150,7 @@ impl Init {
             supervising: false,
             cgroups_enabled: false,
             storage: None,
+            failed_update: None,
             signals,
             buttons: Vec::new(),
             status_server: StatusServer::default(),
@@ -153,6 +161,8 @@ impl Init {
             ready_timeout_logged: false,
             shutdown: None,
             update: None,
+            update_from_port: false,
+            stick: super::stick::StickWatch::new(now),
         }
     }
 
@@ -238,6 +248,8 @@ impl Init {
                 let mut storage_status = StorageStatus::default();
                 let mounted = self.phases.run("storage", || storage::run(plan, data_label.as_deref(), &mut storage_status));
                 self.storage = Some(storage_status);
+                let data_dir = mounted.then(|| Path::new(crate::runtime::DATA_DIR));
+                self.failed_update = super::rollback::detect(&plan.name, &plan.version, data_dir);
                 if mounted {
                     self.phases.run("secrets", || secrets::run(plan));
                 } else {
@@ -371,6 +383,7 @@ impl Init {
             self.buttons.remove(index);
         }
 
+        self.check_update_stick(now);
         self.run_update();
         self.reap(now);
         self.supervisor.tick(now);
@@ -395,7 +408,10 @@ impl Init {
     /// a running one: the port returns to the status server, and a reboot
     /// follows when the update asked for it.
     fn run_update(&mut self) {
-        if let Some(serial_update) = self.status_server.take_update() {
+        // A request that arrives while a stick's update runs waits on the
+        // lent port until that one ends.
+        let serial_update = if self.update.is_none() { self.status_server.take_update() } else { None };
+        if let Some(serial_update) = serial_update {
             let (name, version) = self
                 .plan
                 .as_ref()
@@ -403,13 +419,13 @@ impl Init {
                 .unwrap_or_default();
             let job = super::update::UpdateJob {
                 request: serial_update.request,
-                initial: serial_update.initial,
-                port: serial_update.port,
+                source: super::update::Source::Port { port: serial_update.port, initial: serial_update.initial },
                 name,
                 version,
                 ready: self.ready && self.shutdown.is_none(),
             };
             self.update = super::update::start(job);
+            self.update_from_port = self.update.is_some();
             if self.update.is_none() {
                 self.status_server.return_serial();
             }
@@ -418,7 +434,9 @@ impl Init {
             return;
         }
         let Some(handle) = self.update.take() else { return };
-        self.status_server.return_serial();
+        if std::mem::take(&mut self.update_from_port) {
+            self.status_server.return_serial();
+        }
         match handle.join() {
             Ok(finished) if finished.reboot => {
                 log::info!("rebooting into the update");
@@ -426,6 +444,27 @@ impl Init {
             }
             Ok(_) => {}
             Err(payload) => log::error!("the update thread panicked: {}", panic_message(payload.as_ref())),
+        }
+    }
+
+    /// Starts an update from a stick once the appliance is ready and idle.
+    fn check_update_stick(&mut self, now: Instant) {
+        if !self.ready || self.update.is_some() || self.shutdown.is_some() {
+            return;
+        }
+        let Some(plan) = &self.plan else { return };
+        let (name, version) = (plan.name.clone(), plan.version.clone());
+        let Some(found) = self.stick.check(now, &name, &version) else { return };
+        let job = super::update::UpdateJob {
+            request: UpdateRequest { size: found.size, allow_downgrade: false, reboot: true },
+            source: super::update::Source::Stick { bundle: found.bundle, mount_point: found.mount_point.clone() },
+            name,
+            version,
+            ready: true,
+        };
+        self.update = super::update::start(job);
+        if self.update.is_none() {
+            super::stick::unmount(&found.mount_point);
         }
     }
 
@@ -519,8 +558,9 @@ impl Init {
             if elapsed_ms > timeout_ms && !self.ready_timeout_logged {
                 self.ready_timeout_logged = true;
                 log::warn!(
-                    "not every service is healthy {} s after init start; the boot stays unblessed",
-                    timeout_ms / 1000
+                    "not every service is healthy {} s after init start (unhealthy: {}); the boot stays unblessed",
+                    timeout_ms / 1000,
+                    self.supervisor.unhealthy_names().join(", ")
                 );
                 // A trial boot of a new version reboots, so systemd-boot
                 // counts the try and falls back once none is left.
@@ -596,6 +636,7 @@ impl Init {
             storage: self.storage.clone(),
             wireguard: network::wireguard::statuses(),
             ban: self.ban.as_ref().map(|ban| ban.status(monotonic_ms())),
+            failed_update: self.failed_update.clone(),
         }
     }
 }

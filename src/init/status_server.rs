@@ -492,6 +492,7 @@ mod tests {
             storage: None,
             wireguard: Vec::new(),
             ban: None,
+            failed_update: None,
         }
     }
 

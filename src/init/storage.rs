@@ -369,17 +369,7 @@ fn read_key_file(key_file: Option<&KeyFile>) -> Result<Vec<u8>, String> {
     };
     let mount_point = Path::new("/run/ztms/keymedia");
     std::fs::create_dir_all(mount_point).map_err(|e| format!("creating {} failed: {e}", mount_point.display()))?;
-    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    let mut errors = Vec::new();
-    for fstype in ["vfat", "ext4"] {
-        match mount(Some(media.as_str()), mount_point, Some(fstype), flags, None::<&str>) {
-            Ok(()) => break,
-            Err(error) => errors.push(format!("{fstype}: {error}")),
-        }
-    }
-    if errors.len() == 2 {
-        return Err(format!("mounting the key media {media} read-only failed ({})", errors.join(", ")));
-    }
+    block::mount_removable(&media, mount_point).map_err(|error| format!("the key media: {error}"))?;
     let path = mount_point.join(&key_file.path);
     let key = std::fs::read(&path);
     if let Err(error) = umount(mount_point) {

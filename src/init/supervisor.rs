@@ -229,6 +229,11 @@ impl Supervisor {
         self.services.iter().all(|service| service.healthy)
     }
 
+    /// Returns the names of the services that are not healthy now.
+    pub fn unhealthy_names(&self) -> Vec<String> {
+        self.services.iter().filter(|service| !service.healthy).map(|service| service.plan.name.clone()).collect()
+    }
+
     /// Returns the status of each service in start order.
     pub fn statuses(&self) -> Vec<ServiceStatus> {
         self.services

@@ -1,7 +1,8 @@
-//! Applies an update bundle received on the virtio-serial status port. It
-//! runs on a thread of its own, so PID 1 keeps supervising. The steps are:
-//! receive into `/run`, verify the signature and every hash, read the disk
-//! state, plan, then write the inactive slot and its UKI.
+//! Applies an update bundle received on the virtio-serial status port, or
+//! found on an update stick (see [`super::stick`]). It runs on a thread of
+//! its own, so PID 1 keeps supervising. The steps are: copy into `/run`,
+//! verify the signature and every hash, read the disk state, plan, then
+//! write the inactive slot and its UKI.
 //!
 //! The disk changes in this order, so a power cut at any point leaves a
 //! bootable appliance:
@@ -45,14 +46,22 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Room left in `/run` beside a received bundle.
 const RUN_RESERVE: u64 = 32 << 20;
 
+/// The origin of the bundle.
+#[derive(Debug)]
+pub enum Source {
+    /// The status port, lent to the update thread until it ends, and the
+    /// bundle bytes that arrived with the request line.
+    Port { port: File, initial: Vec<u8> },
+    /// A bundle file on a mounted update stick, which the thread unmounts
+    /// once it has copied the bundle.
+    Stick { bundle: PathBuf, mount_point: PathBuf },
+}
+
 /// Inputs of one update thread, from the main loop.
 #[derive(Debug)]
 pub struct UpdateJob {
     pub request: UpdateRequest,
-    /// Bundle bytes that arrived with the request line.
-    pub initial: Vec<u8>,
-    /// The status port, lent to the update thread until it ends.
-    pub port: File,
+    pub source: Source,
     pub name: String,
     pub version: String,
     /// True once every service has been healthy; updates wait for it.
@@ -69,12 +78,15 @@ pub struct Finished {
 /// Starts the update thread, or returns `None` (after replying on the
 /// port) when the thread cannot start.
 pub fn start(job: UpdateJob) -> Option<std::thread::JoinHandle<Finished>> {
-    let mut port = match job.port.try_clone() {
-        Ok(port) => port,
-        Err(error) => {
-            log::error!("cloning the status port for the update failed: {error}");
-            return None;
-        }
+    let port = match &job.source {
+        Source::Port { port, .. } => match port.try_clone() {
+            Ok(port) => Some(port),
+            Err(error) => {
+                log::error!("cloning the status port for the update failed: {error}");
+                return None;
+            }
+        },
+        Source::Stick { .. } => None,
     };
     let spawned = std::thread::Builder::new().name("update".into()).spawn(move || run(job));
     match spawned {
@@ -82,7 +94,9 @@ pub fn start(job: UpdateJob) -> Option<std::thread::JoinHandle<Finished>> {
         Err(error) => {
             log::error!("starting the update thread failed: {error}");
             let reply = UpdateReply { update: UpdateState::Failed, message: format!("starting the update thread failed: {error}"), report: None };
-            let _ = write_port(&mut port, reply.line().as_bytes());
+            if let Some(mut port) = port {
+                let _ = write_port(&mut port, reply.line().as_bytes());
+            }
             None
         }
     }
@@ -102,7 +116,12 @@ fn failed(message: impl Into<String>) -> Stop {
 
 fn run(mut job: UpdateJob) -> Finished {
     let started = Instant::now();
-    log::info!("update: receiving a bundle of {} bytes", job.request.size);
+    match &job.source {
+        Source::Port { .. } => log::info!("update: receiving a bundle of {} bytes", job.request.size),
+        Source::Stick { bundle, .. } => {
+            log::info!("update: copying {} ({} bytes) from the update stick", bundle.display(), job.request.size)
+        }
+    }
     let bundle_path = Path::new(WORK_DIR).join("bundle.ztmsb");
     let mut report = ApplyReport { bundle_bytes: job.request.size, ..ApplyReport::default() };
 
@@ -110,7 +129,8 @@ fn run(mut job: UpdateJob) -> Finished {
     report.receive_ms = started.elapsed().as_millis() as u64;
     let result = match received {
         Ok(()) => {
-            progress(&mut job.port, format!("received {} bytes in {} ms", job.request.size, report.receive_ms));
+            let message = format!("received {} bytes in {} ms", job.request.size, report.receive_ms);
+            progress(&mut job, message);
             apply(&mut job, &bundle_path, &mut report)
         }
         Err(stop) => Err(stop),
@@ -127,23 +147,26 @@ fn run(mut job: UpdateJob) -> Finished {
     }
     let applied = state == UpdateState::Applied;
     let reply = UpdateReply { update: state, message, report: applied.then_some(report) };
-    if let Err(error) = write_port(&mut job.port, reply.line().as_bytes()) {
-        log::warn!("update: sending the result failed: {error}");
+    if let Source::Port { port, .. } = &mut job.source {
+        if let Err(error) = write_port(port, reply.line().as_bytes()) {
+            log::warn!("update: sending the result failed: {error}");
+        }
     }
     Finished { applied, reboot: applied && job.request.reboot }
 }
 
-fn progress(port: &mut File, message: String) {
+fn progress(job: &mut UpdateJob, message: String) {
     log::info!("update: {message}");
+    let Source::Port { port, .. } = &mut job.source else { return };
     let reply = UpdateReply { update: UpdateState::Progress, message, report: None };
     if let Err(error) = write_port(port, reply.line().as_bytes()) {
         log::warn!("update: sending progress failed: {error}");
     }
 }
 
-/// Copies the bundle from the port into `path`. Every announced byte is
-/// read even when it cannot be stored, so no bundle byte is later taken for
-/// a request line.
+/// Copies the bundle from the port or the stick into `path`. Every byte
+/// announced on the port is read even when it cannot be stored, so no
+/// bundle byte is later taken for a request line.
 fn receive(job: &mut UpdateJob, path: &Path) -> Result<(), Stop> {
     let size = job.request.size;
     let mut rejection = None;
@@ -167,7 +190,29 @@ fn receive(job: &mut UpdateJob, path: &Path) -> Result<(), Stop> {
         }
     }
 
-    let initial = std::mem::take(&mut job.initial);
+    let (port, initial) = match &mut job.source {
+        Source::Port { port, initial } => (port, std::mem::take(initial)),
+        Source::Stick { bundle, mount_point } => {
+            // A copy in /run, not the file on the stick, is verified and
+            // written: the stick could change its bytes between two reads.
+            let copied = match (rejection, output) {
+                (Some(message), _) => Err(rejected(message)),
+                (None, None) => Err(rejected(format!("{} could not be created", path.display()))),
+                (None, Some(mut file)) => File::open(&*bundle)
+                    .and_then(|mut input| std::io::copy(&mut input, &mut file))
+                    .map_err(|e| rejected(format!("copying {} from the update stick failed: {e}", bundle.display())))
+                    .and_then(|copied| {
+                        if copied == size {
+                            Ok(())
+                        } else {
+                            Err(rejected(format!("{} changed size while it was copied", bundle.display())))
+                        }
+                    }),
+            };
+            super::stick::unmount(mount_point);
+            return copied;
+        }
+    };
     let mut remaining = size;
     let head = &initial[..initial.len().min(size as usize)];
     store(&mut output, &mut rejection, head, path);
@@ -176,7 +221,7 @@ fn receive(job: &mut UpdateJob, path: &Path) -> Result<(), Stop> {
     let mut buffer = vec![0u8; 256 * 1024];
     while remaining > 0 {
         let want = buffer.len().min(remaining as usize);
-        let count = read_port(&mut job.port, &mut buffer[..want])
+        let count = read_port(port, &mut buffer[..want])
             .map_err(|e| rejected(format!("receiving the bundle failed after {} of {size} bytes: {e}", size - remaining)))?;
         store(&mut output, &mut rejection, &buffer[..count], path);
         remaining -= count as u64;
@@ -263,7 +308,7 @@ fn apply(job: &mut UpdateJob, bundle_path: &Path, report: &mut ApplyReport) -> R
     let key = crate::update::keys::load_verifying(&key_path).map_err(|e| rejected(e.to_string()))?;
     let manifest = bundle::verify(bundle_path, &key).map_err(|e| rejected(e.to_string()))?;
     report.verify_ms = started.elapsed().as_millis() as u64;
-    progress(&mut job.port, format!("signature and hashes of {} {} verified in {} ms", manifest.name, manifest.version, report.verify_ms));
+    progress(job, format!("signature and hashes of {} {} verified in {} ms", manifest.name, manifest.version, report.verify_ms));
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").map_err(|e| rejected(format!("reading /proc/cmdline failed: {e}")))?;
     let boot = cmdline::parse(&cmdline_text).map_err(|e| rejected(e.to_string()))?;
@@ -384,7 +429,7 @@ fn apply_mounted(
     };
     let plan = plan::plan(manifest, &state, job.request.allow_downgrade).map_err(|e| rejected(e.to_string()))?;
     progress(
-        &mut job.port,
+        job,
         format!(
             "writing {} to slot {} ({}, partition {}); {} stays as the fallback",
             manifest.version,
@@ -403,8 +448,9 @@ fn apply_mounted(
         // a downgrade boots once through LoaderEntryOneShot. Once the older
         // version is blessed, later boots choose the newer one again, until
         // the next update removes it.
-        if let Err(error) = set_one_shot(&plan) {
-            log::warn!("update: setting LoaderEntryOneShot failed: {error}; the older version boots only from the boot menu");
+        match set_one_shot(&plan) {
+            Ok(id) => log::info!("update: LoaderEntryOneShot set to {id}, so the older version boots next"),
+            Err(error) => log::warn!("update: setting LoaderEntryOneShot failed: {error}; the older version boots only from the boot menu"),
         }
     }
 
@@ -472,7 +518,7 @@ fn write_slot(job: &mut UpdateJob, bundle_path: &Path, manifest: &BundleManifest
     if sha256 != expected || size != plan.root_size {
         return Err(failed(format!("the bundle changed while it was written: {ROOT_IMAGE} has sha256 {sha256}, expected {expected}")));
     }
-    progress(&mut job.port, format!("wrote {size} bytes to {} in {} ms", node.display(), report.root_write_ms));
+    progress(job, format!("wrote {size} bytes to {} in {} ms", node.display(), report.root_write_ms));
 
     let read_started = Instant::now();
     let written = read_back_sha256(&node, size).map_err(|e| failed(format!("reading {} back failed: {e}", node.display())))?;
@@ -526,16 +572,30 @@ fn write_uki(bundle_path: &Path, manifest: &BundleManifest, plan: &UpdatePlan, e
     Ok(())
 }
 
-/// Asks systemd-boot to boot the new entry once, by its id: the file name
-/// without the boot counter.
-fn set_one_shot(plan: &UpdatePlan) -> std::io::Result<()> {
-    let id = bless::strip_boot_counter(&plan.uki_file).unwrap_or_else(|| plan.uki_file.clone());
+/// Asks systemd-boot to boot the new entry once, by its id. The id of
+/// Debian 12's systemd-boot (252) is the file name with the boot counter:
+/// the name without it was tried first and did not match.
+fn set_one_shot(plan: &UpdatePlan) -> std::io::Result<String> {
+    let id = plan.uki_file.to_lowercase();
     let path = Path::new(bless::EFIVARS).join(format!("LoaderEntryOneShot-{}", bless::LOADER_GUID));
     // Attributes: non-volatile, boot service and runtime access.
     let mut data = 7u32.to_le_bytes().to_vec();
     for unit in id.encode_utf16().chain([0]) {
         data.extend_from_slice(&unit.to_le_bytes());
     }
+    // efivarfs stays read-only but for this one write.
+    let remount = |read_only: bool| {
+        let mut flags = nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC;
+        if read_only {
+            flags |= nix::mount::MsFlags::MS_RDONLY;
+        }
+        nix::mount::mount(None::<&str>, bless::EFIVARS, None::<&str>, flags, None::<&str>).map_err(std::io::Error::from)
+    };
+    remount(false)?;
     let _ = std::fs::remove_file(&path);
-    std::fs::write(path, data)
+    let written = std::fs::write(path, data);
+    if let Err(error) = remount(true) {
+        log::warn!("update: making {} read-only again failed: {error}", bless::EFIVARS);
+    }
+    written.map(|()| id)
 }
