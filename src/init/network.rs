@@ -8,11 +8,13 @@
 //! 3. the policy routing of egress=vpn services ([`wireguard`]);
 //! 4. the complete nftables ruleset, applied atomically with `nft -j -f -`;
 //! 5. the uplink: DHCP through busybox `udhcpc`, or the static address;
-//! 6. the WireGuard interfaces, after the uplink because `wg` resolves the
+//! 6. one resolver file per service under `/run/ztms/resolv` ([`resolv`]),
+//!    after the uplink because DHCP may supply the DNS servers;
+//! 7. the WireGuard interfaces, after the uplink because `wg` resolves the
 //!    VPN endpoint's host name through it.
 //!
 //! The firewall is in place before the uplink has an address, and an error
-//! in steps 1 to 4 fails the phase, so no service starts without its
+//! in steps 1 to 4 or 6 fails the phase, so no service starts without its
 //! firewall. An uplink error is logged with the interface, the setting and
 //! the kernel's message, and the phase goes on: the services still run
 //! behind the firewall, and the console shows why the appliance is not
@@ -33,6 +35,7 @@ pub mod ban_set;
 pub mod isolate;
 pub mod links;
 pub mod probe;
+pub mod resolv;
 pub mod wireguard;
 
 use std::io::{self, Write};
@@ -131,9 +134,14 @@ fn apply(plan: &NetworkPlan) -> Result<(), String> {
     apply_firewall(plan)?;
     isolate::enable(plan);
 
-    if let Err(error) = links::bring_up_uplink(&plan.uplink) {
-        log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
-    }
+    let lease_dns = match links::bring_up_uplink(&plan.uplink) {
+        Ok(servers) => servers,
+        Err(error) => {
+            log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
+            Vec::new()
+        }
+    };
+    resolv::write_all(plan, &lease_dns)?;
     if wireguard::is_used(plan) {
         wireguard::apply_devices(plan);
     }
