@@ -17,7 +17,7 @@
 
 mod harness;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,10 +36,20 @@ const SCANNER_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 30);
 /// Source ports of the probes, so replies are easy to recognise.
 const TCP_SOURCE_PORT: u16 = 40000;
 const UDP_SOURCE_PORT: u16 = 40001;
+/// Source port of the SYN to the published port sent after every probe.
+/// The guest takes frames in order, so its SYN-ACK shows that the guest
+/// has received the whole scan.
+const CANARY_SOURCE_PORT: u16 = 40002;
+/// Source port of the SYNs to the published port before the scan: the
+/// appliance is ready before the web server in its container listens.
+const WARM_UP_SOURCE_PORT: u16 = 40003;
+/// Time allowed for the guest to take the whole scan under TCG.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(300);
 /// The published HTTPS port of test-wg.
 const HTTPS_PORT: u16 = 443;
-/// How long the scanner waits for late replies after the last probe.
-const SETTLE: Duration = Duration::from_secs(10);
+/// How long the scanner waits for late replies after the guest has
+/// taken the last probe.
+const SETTLE: Duration = Duration::from_secs(5);
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
@@ -59,8 +69,11 @@ fn appliance_mac() -> [u8; 6] {
 struct Replies {
     /// Destination ports of the scan that answered with SYN-ACK.
     syn_ack: BTreeSet<u16>,
-    /// Ports that answered with RST.
-    reset: BTreeSet<u16>,
+    /// When the first SYN-ACK to each scanner port arrived.
+    syn_ack_at: BTreeMap<u16, Instant>,
+    /// RSTs: the port that sent it, the scanner's port and the
+    /// acknowledgement number.
+    reset: Vec<(u16, u16, u32)>,
     /// ICMP errors: type, code and the destination port of the probe
     /// that caused them.
     icmp: Vec<(u8, u8, u16)>,
@@ -124,10 +137,11 @@ fn ethernet(destination: [u8; 6], ethertype: u16) -> Vec<u8> {
     frame
 }
 
-/// A TCP SYN to `port`, with an MSS option as real stacks send.
-fn tcp_syn(destination: Ipv4Addr, port: u16) -> Vec<u8> {
+/// A TCP SYN from `source_port` to `port`, with an MSS option as real
+/// stacks send.
+fn tcp_syn(destination: Ipv4Addr, source_port: u16, port: u16) -> Vec<u8> {
     let mut segment = Vec::with_capacity(24);
-    segment.extend_from_slice(&TCP_SOURCE_PORT.to_be_bytes());
+    segment.extend_from_slice(&source_port.to_be_bytes());
     segment.extend_from_slice(&port.to_be_bytes());
     segment.extend_from_slice(&(0x1000_0000u32 + u32::from(port)).to_be_bytes());
     segment.extend_from_slice(&0u32.to_be_bytes());
@@ -162,16 +176,21 @@ fn arp_reply(requester_mac: [u8; 6], requester_address: [u8; 4]) -> Vec<u8> {
     frame
 }
 
+/// The sending half of the LAN link. Both threads write whole frames
+/// under its lock, because a frame split by another write corrupts the
+/// stream.
+type Writer = Arc<Mutex<TcpStream>>;
+
 /// Writes one frame in QEMU's socket backend format.
-fn send_frame(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()> {
+fn send_frame(writer: &Writer, frame: &[u8]) -> std::io::Result<()> {
     let mut buffer = (frame.len() as u32).to_be_bytes().to_vec();
     buffer.extend_from_slice(frame);
-    stream.write_all(&buffer)
+    writer.lock().unwrap().write_all(&buffer)
 }
 
 /// Reads frames until `stop` is set, records what they are, and answers
 /// ARP requests for the scanner's address.
-fn receive(mut stream: TcpStream, mut replier: TcpStream, replies: Arc<Mutex<Replies>>, stop: Arc<AtomicBool>) {
+fn receive(mut stream: TcpStream, replier: Writer, replies: Arc<Mutex<Replies>>, stop: Arc<AtomicBool>) {
     stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut pending: Vec<u8> = Vec::new();
     let mut buffer = vec![0u8; 1 << 16];
@@ -190,7 +209,7 @@ fn receive(mut stream: TcpStream, mut replier: TcpStream, replies: Arc<Mutex<Rep
             let frame: Vec<u8> = pending[4..4 + length].to_vec();
             pending.drain(..4 + length);
             if let Some(reply) = classify(&frame, &mut replies.lock().unwrap()) {
-                send_frame(&mut replier, &reply).expect("send an ARP reply");
+                send_frame(&replier, &reply).expect("send an ARP reply");
             }
         }
     }
@@ -227,11 +246,14 @@ fn classify(frame: &[u8], replies: &mut Replies) -> Option<Vec<u8>> {
             match protocol {
                 PROTO_TCP if transport.len() >= 14 => {
                     let port = u16::from_be_bytes([transport[0], transport[1]]);
+                    let to_port = u16::from_be_bytes([transport[2], transport[3]]);
                     let flags = transport[13];
                     if flags & TCP_RST != 0 {
-                        replies.reset.insert(port);
+                        let acknowledged = u32::from_be_bytes(transport[8..12].try_into().unwrap());
+                        replies.reset.push((port, to_port, acknowledged));
                     } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
                         replies.syn_ack.insert(port);
+                        replies.syn_ack_at.entry(to_port).or_insert_with(Instant::now);
                     } else {
                         replies.other.push(format!("TCP from port {port} with flags {flags:#04x}"));
                     }
@@ -265,20 +287,35 @@ fn classify(frame: &[u8], replies: &mut Replies) -> Option<Vec<u8>> {
 
 /// Sends `frames` and returns the time it took. QEMU reads the connection
 /// only as fast as the guest takes frames, so writing blocks rather than
-/// dropping frames.
-fn send_all(stream: &mut TcpStream, frames: impl Iterator<Item = Vec<u8>>) -> Duration {
+/// dropping frames. Frames go out in batches of about 64 KiB, so ARP
+/// replies get a turn in between.
+fn send_all(writer: &Writer, frames: impl Iterator<Item = Vec<u8>>) -> Duration {
+    const BATCH_BYTES: usize = 64 << 10;
     let started = Instant::now();
-    let mut batch = Vec::with_capacity(1 << 20);
+    let mut batch = Vec::with_capacity(BATCH_BYTES + 128);
     for frame in frames {
         batch.extend_from_slice(&(frame.len() as u32).to_be_bytes());
         batch.extend_from_slice(&frame);
-        if batch.len() >= 1 << 20 {
-            stream.write_all(&batch).expect("write probes to the LAN link");
+        if batch.len() >= BATCH_BYTES {
+            writer.lock().unwrap().write_all(&batch).expect("write probes to the LAN link");
             batch.clear();
         }
     }
-    stream.write_all(&batch).expect("write probes to the LAN link");
+    writer.lock().unwrap().write_all(&batch).expect("write probes to the LAN link");
     started.elapsed()
+}
+
+/// Sends a SYN from `source_port` to the published port every second until
+/// its SYN-ACK arrives, and returns when it arrived; panics at `deadline`.
+fn wait_for_syn_ack(writer: &Writer, replies: &Mutex<Replies>, target: Ipv4Addr, source_port: u16, deadline: Instant) -> Instant {
+    loop {
+        send_all(writer, std::iter::once(tcp_syn(target, source_port, HTTPS_PORT)));
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(answered) = replies.lock().unwrap().syn_ack_at.get(&source_port) {
+            return *answered;
+        }
+        assert!(Instant::now() < deadline, "no SYN-ACK from port {HTTPS_PORT} to port {source_port} in time");
+    }
 }
 
 #[test]
@@ -289,38 +326,40 @@ fn scan_shows_only_published_port() {
     vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let target = Ipv4Addr::new(192, 168, 77, 10);
 
-    let mut stream = TcpStream::connect(("127.0.0.1", lan_port)).expect("connect to the appliance's LAN link");
+    let stream = TcpStream::connect(("127.0.0.1", lan_port)).expect("connect to the appliance's LAN link");
     stream.set_nodelay(true).unwrap();
+    let reader = stream.try_clone().unwrap();
+    let writer: Writer = Arc::new(Mutex::new(stream));
     let replies = Arc::new(Mutex::new(Replies::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let receiver = {
-        let reader = stream.try_clone().unwrap();
-        let replier = stream.try_clone().unwrap();
+        let replier = Arc::clone(&writer);
         let replies = Arc::clone(&replies);
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || receive(reader, replier, replies, stop))
     };
 
+    let deadline = Instant::now() + SCAN_TIMEOUT;
+    wait_for_syn_ack(&writer, &replies, target, WARM_UP_SOURCE_PORT, deadline);
+    let warm_up = std::mem::take(&mut *replies.lock().unwrap());
+    eprintln!("before the scan: {} RSTs while the web server started, {} ARP requests answered", warm_up.reset.len(), warm_up.arp_answered);
+
     let started = Instant::now();
-    let tcp_time = send_all(&mut stream, (1..=u16::MAX).map(|port| tcp_syn(target, port)));
-    let udp_time = send_all(&mut stream, (1..=u16::MAX).map(|port| udp_datagram(target, port)));
-    // A SYN to the published port may have waited for ARP; ask again.
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_secs(1));
-        send_all(&mut stream, std::iter::once(tcp_syn(target, HTTPS_PORT)));
-    }
+    let tcp_time = send_all(&writer, (1..=u16::MAX).map(|port| tcp_syn(target, TCP_SOURCE_PORT, port)));
+    let udp_time = send_all(&writer, (1..=u16::MAX).map(|port| udp_datagram(target, port)));
+    let canary_answered = wait_for_syn_ack(&writer, &replies, target, CANARY_SOURCE_PORT, started + SCAN_TIMEOUT);
+    let taken = canary_answered - started;
     std::thread::sleep(SETTLE);
     stop.store(true, Ordering::Relaxed);
     receiver.join().expect("receiver thread");
-    let total = started.elapsed();
 
     let replies = replies.lock().unwrap();
     eprintln!(
-        "scan of {target}: 65535 TCP SYNs sent in {:.1} s, 65535 UDP datagrams in {:.1} s, {:.1} s with {} s to settle; \
-         SYN-ACK from {:?}, RST from {} ports, {} ICMP errors, UDP replies from {} ports, {} ARP requests answered",
+        "scan of {target}: 65535 TCP SYNs and 65535 UDP datagrams written in {:.1} s and {:.1} s, taken by the guest in {:.1} s, \
+         then {} s for late replies; SYN-ACK from {:?}, RST from {} ports, {} ICMP errors, UDP replies from {} ports, {} ARP requests answered",
         tcp_time.as_secs_f64(),
         udp_time.as_secs_f64(),
-        total.as_secs_f64(),
+        taken.as_secs_f64(),
         SETTLE.as_secs(),
         replies.syn_ack,
         replies.reset.len(),
@@ -329,6 +368,7 @@ fn scan_shows_only_published_port() {
         replies.arp_answered
     );
     assert_eq!(replies.syn_ack, BTreeSet::from([HTTPS_PORT]), "TCP ports that answered SYN-ACK");
+    assert!(replies.syn_ack_at.contains_key(&TCP_SOURCE_PORT), "the scan's own SYN to port {HTTPS_PORT} got a SYN-ACK");
     assert!(replies.reset.is_empty(), "TCP ports that answered RST instead of dropping: {:?}", replies.reset);
     assert!(replies.icmp.is_empty(), "ICMP errors (type, code, port): {:?}", &replies.icmp[..replies.icmp.len().min(20)]);
     assert!(replies.udp.is_empty(), "UDP ports that replied: {:?}", replies.udp);
