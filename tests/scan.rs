@@ -5,7 +5,7 @@
 //! virtual LAN: QEMU's socket network backend carries Ethernet frames over
 //! a TCP connection on 127.0.0.1, each frame after its length as a 32-bit
 //! big-endian number. The scanner writes raw frames there (a TCP SYN or a
-//! UDP datagram per port), answers the appliance's ARP requests, and
+//! UDP datagram per port), replies to the appliance's ARP requests, and
 //! records every frame that comes back. QEMU's user network would show
 //! forwarded ports only, so it cannot scan.
 //!
@@ -67,7 +67,7 @@ fn appliance_mac() -> [u8; 6] {
 /// Everything the appliance sent to the scanner.
 #[derive(Debug, Default)]
 struct Replies {
-    /// Destination ports of the scan that answered with SYN-ACK.
+    /// Ports of the appliance that sent a SYN-ACK.
     syn_ack: BTreeSet<u16>,
     /// When the first SYN-ACK to each scanner port arrived.
     syn_ack_at: BTreeMap<u16, Instant>,
@@ -79,7 +79,7 @@ struct Replies {
     icmp: Vec<(u8, u8, u16)>,
     /// UDP datagrams from these source ports.
     udp: BTreeSet<u16>,
-    /// ARP requests for the scanner's address that were answered.
+    /// ARP requests for the scanner's address, each sent a reply.
     arp_answered: usize,
     /// Descriptions of every other frame.
     other: Vec<String>,
@@ -137,8 +137,8 @@ fn ethernet(destination: [u8; 6], ethertype: u16) -> Vec<u8> {
     frame
 }
 
-/// A TCP SYN from `source_port` to `port`, with an MSS option as real
-/// stacks send.
+/// Builds a TCP SYN from `source_port` to `port`, with an MSS option as
+/// real stacks send.
 fn tcp_syn(destination: Ipv4Addr, source_port: u16, port: u16) -> Vec<u8> {
     let mut segment = Vec::with_capacity(24);
     segment.extend_from_slice(&source_port.to_be_bytes());
@@ -152,7 +152,7 @@ fn tcp_syn(destination: Ipv4Addr, source_port: u16, port: u16) -> Vec<u8> {
     ipv4_frame(destination, PROTO_TCP, segment, 16)
 }
 
-/// A UDP datagram to `port` with a short payload.
+/// Builds a UDP datagram to `port` with a short payload.
 fn udp_datagram(destination: Ipv4Addr, port: u16) -> Vec<u8> {
     let payload = b"ztms scan\n";
     let length = (8 + payload.len()) as u16;
@@ -165,7 +165,7 @@ fn udp_datagram(destination: Ipv4Addr, port: u16) -> Vec<u8> {
     ipv4_frame(destination, PROTO_UDP, datagram, 6)
 }
 
-/// The ARP reply that tells `requester` the scanner's MAC address.
+/// Builds the ARP reply that gives `requester` the scanner's MAC address.
 fn arp_reply(requester_mac: [u8; 6], requester_address: [u8; 4]) -> Vec<u8> {
     let mut frame = ethernet(requester_mac, ETHERTYPE_ARP);
     frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 2]);
@@ -215,8 +215,8 @@ fn receive(mut stream: TcpStream, replier: Writer, replies: Arc<Mutex<Replies>>,
     }
 }
 
-/// Records `frame` in `replies` and returns the ARP reply to send, if the
-/// frame asks for the scanner's address.
+/// Records `frame` in `replies` and returns the ARP reply to send when the
+/// frame is an ARP request for the scanner's address.
 fn classify(frame: &[u8], replies: &mut Replies) -> Option<Vec<u8>> {
     if frame.len() < 14 {
         replies.other.push(format!("runt frame of {} bytes", frame.len()));

@@ -684,7 +684,7 @@ fn fix_of(detail: &str) -> Option<String> {
 }
 
 /// Returns true for the read-only bind of a file from
-/// [`crate::net::resolv::RESOLV_DIR`] at `/etc/resolv.conf`, which holds
+/// [`crate::net::resolv::RESOLV_DIR`] at `/etc/resolv.conf`, which contains
 /// DNS server addresses only.
 fn is_resolver_file(mount: &oci_spec::runtime::Mount) -> bool {
     let read_only = mount.options().as_ref().is_some_and(|options| options.iter().any(|option| option == "ro"));
