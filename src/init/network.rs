@@ -91,11 +91,27 @@ pub fn run(plan: &AppliancePlan) -> Result<Option<NetworkPlan>, String> {
         return Ok(None);
     }
     let network = load(path)?;
+    if network.probe {
+        load_probe_modules();
+    }
     apply(&network.plan)?;
     if network.probe {
         probe::enable(&network.plan);
     }
     Ok(Some(network.plan))
+}
+
+/// Kernel modules that only test images load: `ss -i` reads socket
+/// details such as the MSS through the sock_diag netlink family, and
+/// the image has no `modprobe` for the kernel to load them on demand.
+const PROBE_MODULES: &[&str] = &["inet_diag", "tcp_diag"];
+
+fn load_probe_modules() {
+    match modules::load_by_name(PROBE_MODULES) {
+        Ok(failed) if failed.is_empty() => log::info!("test probe: loaded {}", PROBE_MODULES.join(", ")),
+        Ok(failed) => log::warn!("test probe: modules not loaded (built in or absent): {}", failed.join(", ")),
+        Err(error) => log::warn!("test probe: reading the module index failed: {error}; `ss -i` shows no socket details"),
+    }
 }
 
 fn load(path: &Path) -> Result<ApplianceNetwork, String> {

@@ -23,11 +23,12 @@ pub const UDHCPC_SCRIPT_PATH: &str = "/usr/lib/ztms/udhcpc-lease";
 
 /// The `udhcpc` script: it configures nothing and prints the lease as one
 /// line, `ztms-lease ADDRESS PREFIX ROUTER DNS...` (the first router and
-/// every DNS server), for ztms-init to apply and log. `/run` is mounted noexec, so the builder installs it in the
+/// every DNS server), for ztms-init to apply and log. A lease without a
+/// router prints nothing, which ztms-init reports as an unusable lease. `/run` is mounted noexec, so the builder installs it in the
 /// image.
 pub const UDHCPC_SCRIPT: &str = "#!/bin/sh\n\
 case \"$1\" in\n\
-bound|renew) set -- $router; echo \"ztms-lease $ip ${mask:-32} $1 $dns\" ;;\n\
+bound|renew) set -- $router; [ -n \"$1\" ] && echo \"ztms-lease $ip ${mask:-32} $1 $dns\" ;;\n\
 esac\n\
 exit 0\n";
 
