@@ -12,8 +12,8 @@
 //! Expected: a SYN-ACK from the published HTTPS port (443) only, no RST
 //! from any port, and no ICMP error or UDP reply to any datagram, because
 //! the firewall drops what it does not accept. The WireGuard port (51820)
-//! also stays silent: WireGuard answers only a handshake made with a key
-//! it knows, which `tests/wireguard.rs` checks.
+//! also stays silent: WireGuard replies only to a handshake made with a
+//! key it knows, which `tests/wireguard.rs` checks.
 
 mod harness;
 
@@ -188,7 +188,7 @@ fn send_frame(writer: &Writer, frame: &[u8]) -> std::io::Result<()> {
     writer.lock().unwrap().write_all(&buffer)
 }
 
-/// Reads frames until `stop` is set, records what they are, and answers
+/// Reads frames until `stop` is set, records what they are, and replies to
 /// ARP requests for the scanner's address.
 fn receive(mut stream: TcpStream, replier: Writer, replies: Arc<Mutex<Replies>>, stop: Arc<AtomicBool>) {
     stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
