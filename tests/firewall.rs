@@ -419,3 +419,113 @@ fn metrics_port_reachable_from_monitoring_only() {
     assert!(!connects(&netns("app"), endpoint), "backend service reached {endpoint}");
     assert!(counter_packets(&router, "drop_input") > 0, "drop_input counted nothing");
 }
+
+const THROUGHPUT_DEFINITION: &str = r#"
+[image]
+name = "net-throughput"
+version = "1.0"
+
+[network]
+interface = "up0"
+
+[[service]]
+name = "sender"
+segment = "frontend"
+command = ["/bin/true"]
+allow = ["receiver:5432/tcp"]
+
+[[service]]
+name = "receiver"
+segment = "backend"
+command = ["/bin/true"]
+ports = [{ port = 5432 }]
+"#;
+
+/// Bytes sent per transfer in the throughput measurement.
+const THROUGHPUT_BYTES: u64 = 256 << 20;
+
+/// Sends [`THROUGHPUT_BYTES`] from `sender` to a listener in `receiver`
+/// and returns the bytes received and the time from accept to the end of
+/// the stream.
+fn transfer(sender: &str, receiver: &str, target: SocketAddrV4) -> (u64, Duration) {
+    let (bound, ready) = mpsc::channel();
+    let receiver = receiver.to_string();
+    let reader = thread::spawn(move || {
+        enter(&receiver);
+        let listener = TcpListener::bind(target).expect("bind in the receiver namespace");
+        bound.send(()).expect("signal ready");
+        let (mut stream, _) = listener.accept().expect("accept the sender");
+        let started = std::time::Instant::now();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut received = 0u64;
+        loop {
+            match std::io::Read::read(&mut stream, &mut buffer) {
+                Ok(0) => break,
+                Ok(count) => received += count as u64,
+                Err(error) => panic!("reading the transfer failed: {error}"),
+            }
+        }
+        (received, started.elapsed())
+    });
+    ready.recv().expect("receiver thread started");
+
+    let sender = sender.to_string();
+    thread::spawn(move || {
+        enter(&sender);
+        let mut stream = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5)).expect("connect to the receiver");
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..THROUGHPUT_BYTES >> 20 {
+            stream.write_all(&chunk).expect("send the transfer");
+        }
+    })
+    .join()
+    .expect("sender thread");
+    reader.join().expect("receiver thread")
+}
+
+/// Forwarding throughput between two segments with the ruleset loaded and
+/// with the table deleted, alternating, in host network namespaces. It
+/// prints the figures for docs/benchmarks.md and checks only that every
+/// transfer is complete.
+#[test]
+fn forwarding_throughput_with_and_without_ruleset() {
+    require_host!();
+    let plan = plan_of(THROUGHPUT_DEFINITION);
+    let prefix = format!("ztmsnet-{}-tp", std::process::id());
+    let router = format!("{prefix}-router");
+    let netns = |service: &str| format!("{prefix}-{service}");
+    let _namespaces = Namespaces::create(&[router.clone(), netns("sender"), netns("receiver")]);
+    wire_services(&plan, &router, &netns);
+    let json = nftables::to_json(&nftables::ruleset(&plan, &[]));
+    let target = SocketAddrV4::new(plan.service("receiver").unwrap().address, 5432);
+
+    let mut with_ruleset = Vec::new();
+    let mut without_ruleset = Vec::new();
+    for _ in 0..3 {
+        run_with_input(Command::new("ip").args(["netns", "exec", &router, "nft", "-j", "-f", "-"]), &json);
+        let (bytes, elapsed) = transfer(&netns("sender"), &netns("receiver"), target);
+        assert_eq!(bytes, THROUGHPUT_BYTES, "transfer with the ruleset");
+        with_ruleset.push(bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64());
+
+        run(&["ip", "netns", "exec", &router, "nft", "delete", "table", "inet", nftables::TABLE]);
+        let (bytes, elapsed) = transfer(&netns("sender"), &netns("receiver"), target);
+        assert_eq!(bytes, THROUGHPUT_BYTES, "transfer without the ruleset");
+        without_ruleset.push(bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64());
+    }
+
+    let median = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let runs = |rates: &[f64]| rates.iter().map(|rate| format!("{rate:.0}")).collect::<Vec<_>>().join(", ");
+    let with_text = runs(&with_ruleset);
+    let without_text = runs(&without_ruleset);
+    let with_median = median(&mut with_ruleset);
+    let without_median = median(&mut without_ruleset);
+    eprintln!(
+        "forwarding throughput, {} MiB per transfer: with the ruleset {with_text} MiB/s (median {with_median:.0}), \
+         without {without_text} MiB/s (median {without_median:.0}), ratio {:.2}",
+        THROUGHPUT_BYTES >> 20,
+        with_median / without_median
+    );
+}

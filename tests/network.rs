@@ -160,6 +160,9 @@ fn uplink_answers_only_published_port() {
 
     let mut vm = boot_with_forwards("uplink_answers_only_published_port", &image("test-net"), forwards.clone());
     vm.wait_for_console("(?m)^ztms-init: uplink eth0: ", BOOT_TIMEOUT).unwrap();
+    // QEMU's user network offers its DNS server 10.0.2.3 in the lease.
+    let lease = vm.wait_for_console("(?m)^ztms-init: uplink eth0: DNS servers of the lease: ", BOOT_TIMEOUT).unwrap();
+    assert!(lease.ends_with("DNS servers of the lease: 10.0.2.3"), "{lease}");
     vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
 
     let mut answered = Vec::new();

@@ -5,9 +5,11 @@
 //! What each side may reach is computed from the definitions' network
 //! plans, not listed here. The run first checks the kill switch while the
 //! VPN endpoint is down at boot, then the peer's matrix through wg-remote
-//! and transfers of several megabytes both ways (MTU and MSS clamping).
+//! and transfers of several megabytes both ways (MTU and MSS clamping,
+//! with the MSS of a SYN through wg-vpn read on the peer with `ss`).
 //! Last come the tunnel going down and up without a service restart, and
-//! `isolate`. A capture of the appliance's LAN link over the whole run
+//! `isolate`. DNS of the egress=vpn service goes to the tunnel's DNS
+//! server only. A capture of the appliance's LAN link over the whole run
 //! must contain WireGuard and ARP only.
 //! It prints the throughput through both tunnels, and between two
 //! segments of one appliance without a tunnel for comparison.
@@ -17,7 +19,7 @@ mod harness;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harness::{boot_on_lan, free_port, image, probe, transfer, ProbeRequest, TestVm, BOOT_TIMEOUT};
+use harness::{boot_on_lan, free_port, image, output_of, probe, transfer, ProbeRequest, TestVm, BOOT_TIMEOUT};
 use ztms::config::Proto;
 use ztms::net::wireguard::{key, REMOTE_INTERFACE, VPN_INTERFACE};
 use ztms::net::NetworkPlan;
@@ -50,6 +52,22 @@ fn test_public_key(file: &str) -> String {
 
 fn tcp(service: &str, address: Ipv4Addr, port: u16) -> ProbeRequest {
     ProbeRequest { service: service.into(), udp: false, address, port, source: None }
+}
+
+/// Returns a probe that sends a UDP datagram to port 53, as a DNS query.
+fn dns(service: &str, address: Ipv4Addr) -> ProbeRequest {
+    ProbeRequest { service: service.into(), udp: true, address, port: 53, source: None }
+}
+
+/// Returns the `nameserver` lines that `service` printed from its
+/// `/etc/resolv.conf` at start, and whether it printed the file at all.
+fn printed_nameservers(vm: &TestVm, service: &str) -> (Vec<String>, bool) {
+    let lines: Vec<String> = output_of(&vm.console(), service)
+        .into_iter()
+        .filter_map(|line| line.strip_prefix("resolv.conf: ").map(str::to_string))
+        .collect();
+    let printed = !lines.is_empty();
+    (lines.into_iter().filter(|line| line.starts_with("nameserver")).collect(), printed)
 }
 
 fn reached(reply: &ProbeReply) -> bool {
@@ -218,12 +236,33 @@ fn wireguard_between_two_appliances() {
         "status shows the public keys of both interfaces"
     );
 
+    // Each container binds its resolver file: download (egress = "vpn")
+    // names the tunnel's DNS server only, web (egress = "none") none.
+    let vpn_dns = &appliance.vpn.as_ref().expect("test-wg has a tunnel").dns;
+    assert_eq!(vpn_dns, &[mirror.address], "test-wg's vpn.dns is the peer's mirror service");
+    // The containers print after ready, in any order, so the console is
+    // read directly: waiting for a line moves past the lines before it.
+    let started = Instant::now();
+    while !(printed_nameservers(&vm, "download").1 && printed_nameservers(&vm, "web").1) {
+        assert!(started.elapsed() < Duration::from_secs(60), "download and web did not print /etc/resolv.conf within 60 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (download_servers, _) = printed_nameservers(&vm, "download");
+    assert_eq!(download_servers, [format!("nameserver {}", mirror.address)], "download's /etc/resolv.conf");
+    let (web_servers, web_printed) = printed_nameservers(&vm, "web");
+    assert!(web_printed, "web printed its /etc/resolv.conf");
+    assert!(web_servers.is_empty(), "web has egress = \"none\" but its /etc/resolv.conf names {web_servers:?}");
+
     // Kill switch while the endpoint is unreachable: the download service
-    // reaches neither the far side of the tunnel nor anything on the LAN.
+    // reaches neither the far side of the tunnel nor anything on the LAN,
+    // and its DNS queries do not leave the appliance (the LAN capture
+    // below contains WireGuard and ARP only).
     let endpoint_down = [
         tcp("download", mirror.address, 9000),
         tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000),
         tcp("download", Ipv4Addr::new(192, 168, 77, 1), 80),
+        dns("download", mirror.address),
+        dns("download", Ipv4Addr::new(192, 168, 77, 1)),
     ];
     for reply in probe(&vm, &endpoint_down) {
         assert!(!reached(&reply), "download reached {}:{} with the VPN endpoint down: {reply:?}", reply.address, reply.port);
@@ -287,6 +326,30 @@ fn wireguard_between_two_appliances() {
     let through_vpn = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
     assert_eq!(through_vpn.outcome, ProbeOutcome::Connected, "download through the tunnel: {through_vpn:?}");
     measure(&vm, "download to mirror through wg-vpn", "download", mirror.address, 9000);
+
+    // MSS clamping: the SYN that left the appliance by wg-vpn carried an
+    // MSS that fits the tunnel's MTU (less 20 bytes of IPv4 and 20 of TCP
+    // header). mirror's sending MSS is that value less 12 bytes of TCP
+    // timestamps; without clamping it would come from download's
+    // 1500-byte link and be 1448.
+    let vpn_mtu = u32::from(appliance.vpn.as_ref().unwrap().device.mtu);
+    let line = peer_vm.wait_for_console(r"(?m)mirror: mss-check: mss:\d+", Duration::from_secs(30)).unwrap();
+    let mss: u32 = line
+        .rsplit("mss:")
+        .next()
+        .and_then(|digits| digits.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MSS in {line:?}"));
+    eprintln!("MSS of the first connection through wg-vpn (MTU {vpn_mtu}): {mss} at mirror, so {} or less in the SYN", vpn_mtu - 40);
+    assert!(mss + 40 <= vpn_mtu, "mirror sends segments of {mss} bytes, more than wg-vpn's MTU {vpn_mtu} allows");
+    assert!(mss >= vpn_mtu - 40 - 12, "MSS {mss} is lower than clamping to MTU {vpn_mtu} gives");
+
+    // DNS through the tunnel: a query to the tunnel's DNS server reaches
+    // it, and nothing listens there, so the ICMP port unreachable comes
+    // back as "refused". The uplink's resolver stays out of reach.
+    let query = probe(&vm, &[dns("download", mirror.address)]).remove(0);
+    assert_eq!(query.outcome, ProbeOutcome::Refused, "DNS query to the tunnel's DNS server: {query:?}");
+    let uplink_query = probe(&vm, &[dns("download", Ipv4Addr::new(192, 168, 77, 1))]).remove(0);
+    assert_eq!(uplink_query.outcome, ProbeOutcome::Timeout, "DNS query to the uplink's resolver: {uplink_query:?}");
     let leak = probe(&vm, &[tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000)]).remove(0);
     assert!(!reached(&leak), "download reached the provider's LAN address outside the tunnel: {leak:?}");
 
@@ -296,6 +359,8 @@ fn wireguard_between_two_appliances() {
     vm.monitor("set_link lan0 off").unwrap();
     let down = probe(&vm, &[tcp("download", mirror.address, 9000)]).remove(0);
     assert!(!reached(&down), "download reached the mirror with the tunnel down: {down:?}");
+    let query_down = probe(&vm, &[dns("download", mirror.address)]).remove(0);
+    assert!(!reached(&query_down), "a DNS query reached the tunnel's DNS server with the tunnel down: {query_down:?}");
     vm.monitor("set_link lan0 on").unwrap();
     let back = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
     assert_eq!(back.outcome, ProbeOutcome::Connected, "download after the tunnel came back: {back:?}");

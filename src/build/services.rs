@@ -66,9 +66,22 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
         if service.oci.is_some() {
             points.extend(SYSTEM_MOUNT_POINTS.iter().map(PathBuf::from));
         }
+        // Every mount point is a directory but the resolver file's, which
+        // a file bind needs as a file.
+        let resolver_target = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .find(|mount| mount.source().as_ref().is_some_and(|source| source.starts_with(crate::net::resolv::RESOLV_DIR)))
+            .map(|mount| mount.destination().clone());
         for point in points {
             let target = resolve_in_root(&rootfs, &point);
-            if !target.exists() {
+            if target.exists() || target.is_symlink() {
+                continue;
+            }
+            if resolver_target.as_ref() == Some(&point) {
+                create_empty_file(&target)?;
+            } else {
                 std::fs::create_dir_all(&target).map_err(|e| BuildError::io("create mount point", &target, e))?;
             }
         }
@@ -87,6 +100,16 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
     let data = tree.join(runtime::DATA_DIR.trim_start_matches('/'));
     std::fs::create_dir_all(&data).map_err(|e| BuildError::io("create mount point", &data, e))?;
     Ok(imported)
+}
+
+/// Creates an empty file with mode 0644 and its parent directories.
+fn create_empty_file(path: &Path) -> Result<(), BuildError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| BuildError::io("create mount point", parent, e))?;
+    }
+    std::fs::write(path, b"").map_err(|e| BuildError::io("create mount point", path, e))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(|e| BuildError::io("create mount point", path, e))
 }
 
 /// Passes an OCI image's environment to its container and sets `PUID` and

@@ -8,11 +8,13 @@
 //! 3. the policy routing of egress=vpn services ([`wireguard`]);
 //! 4. the complete nftables ruleset, applied atomically with `nft -j -f -`;
 //! 5. the uplink: DHCP through busybox `udhcpc`, or the static address;
-//! 6. the WireGuard interfaces, after the uplink because `wg` resolves the
+//! 6. one resolver file per service under `/run/ztms/resolv` ([`resolv`]),
+//!    after the uplink because DHCP may supply the DNS servers;
+//! 7. the WireGuard interfaces, after the uplink because `wg` resolves the
 //!    VPN endpoint's host name through it.
 //!
 //! The firewall is in place before the uplink has an address, and an error
-//! in steps 1 to 4 fails the phase, so no service starts without its
+//! in steps 1 to 4 or 6 fails the phase, so no service starts without its
 //! firewall. An uplink error is logged with the interface, the setting and
 //! the kernel's message, and the phase goes on: the services still run
 //! behind the firewall, and the console shows why the appliance is not
@@ -33,6 +35,7 @@ pub mod ban_set;
 pub mod isolate;
 pub mod links;
 pub mod probe;
+pub mod resolv;
 pub mod wireguard;
 
 use std::io::{self, Write};
@@ -88,11 +91,27 @@ pub fn run(plan: &AppliancePlan) -> Result<Option<NetworkPlan>, String> {
         return Ok(None);
     }
     let network = load(path)?;
+    if network.probe {
+        load_probe_modules();
+    }
     apply(&network.plan)?;
     if network.probe {
         probe::enable(&network.plan);
     }
     Ok(Some(network.plan))
+}
+
+/// Kernel modules that only test images load: `ss -i` reads socket
+/// details such as the MSS through the sock_diag netlink family, and
+/// the image has no `modprobe` for the kernel to load them on demand.
+const PROBE_MODULES: &[&str] = &["inet_diag", "tcp_diag"];
+
+fn load_probe_modules() {
+    match modules::load_by_name(PROBE_MODULES) {
+        Ok(failed) if failed.is_empty() => log::info!("test probe: loaded {}", PROBE_MODULES.join(", ")),
+        Ok(failed) => log::warn!("test probe: modules not loaded (built in or absent): {}", failed.join(", ")),
+        Err(error) => log::warn!("test probe: reading the module index failed: {error}; `ss -i` shows no socket details"),
+    }
 }
 
 fn load(path: &Path) -> Result<ApplianceNetwork, String> {
@@ -131,9 +150,14 @@ fn apply(plan: &NetworkPlan) -> Result<(), String> {
     apply_firewall(plan)?;
     isolate::enable(plan);
 
-    if let Err(error) = links::bring_up_uplink(&plan.uplink) {
-        log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
-    }
+    let lease_dns = match links::bring_up_uplink(&plan.uplink) {
+        Ok(servers) => servers,
+        Err(error) => {
+            log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
+            Vec::new()
+        }
+    };
+    resolv::write_all(plan, &lease_dns)?;
     if wireguard::is_used(plan) {
         wireguard::apply_devices(plan);
     }

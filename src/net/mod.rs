@@ -1,11 +1,13 @@
 //! Zero-trust networking, planning half: addresses, links and routes
-//! ([`plan`]), the nftables ruleset ([`nftables`]) and the WireGuard devices
-//! ([`wireguard`]). Everything here is pure, and ztms-init applies the result.
+//! ([`plan`]), the nftables ruleset ([`nftables`]), the WireGuard devices
+//! ([`wireguard`]) and each service's resolver file ([`resolv`]).
+//! Everything here is pure, and ztms-init applies the result.
 
 pub mod address;
 pub mod hosts;
 pub mod nftables;
 pub mod plan;
+pub mod resolv;
 pub mod wireguard;
 
 use std::net::Ipv4Addr;
@@ -20,12 +22,13 @@ pub const NETWORK_PATH: &str = "/etc/ztms/network.json";
 pub const UDHCPC_SCRIPT_PATH: &str = "/usr/lib/ztms/udhcpc-lease";
 
 /// The `udhcpc` script: it configures nothing and prints the lease as one
-/// line, `ztms-lease ADDRESS PREFIX ROUTER...`, for ztms-init to apply
-/// and log. `/run` is mounted noexec, so the builder installs it in the
+/// line, `ztms-lease ADDRESS PREFIX ROUTER DNS...` (the first router and
+/// every DNS server), for ztms-init to apply and log. A lease without a
+/// router prints nothing, which ztms-init reports as an unusable lease. `/run` is mounted noexec, so the builder installs it in the
 /// image.
 pub const UDHCPC_SCRIPT: &str = "#!/bin/sh\n\
 case \"$1\" in\n\
-bound|renew) echo \"ztms-lease $ip ${mask:-32} $router\" ;;\n\
+bound|renew) set -- $router; [ -n \"$1\" ] && echo \"ztms-lease $ip ${mask:-32} $1 $dns\" ;;\n\
 esac\n\
 exit 0\n";
 

@@ -37,7 +37,7 @@ use nftables::schema::{self, Chain, Element, NfListObject, Nftables, Rule, SetTy
 use nftables::stmt::{self, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::plan::{NetworkPlan, UplinkIpv4};
+use super::plan::{NetworkPlan, UplinkIpv4, DNS_PORT};
 use super::wireguard::{REMOTE_INTERFACE, VPN_INTERFACE};
 use crate::config::{Egress, Proto};
 
@@ -48,6 +48,9 @@ pub const ISOLATED_SET: &str = "isolated";
 /// Set of client addresses banned for failed authentications, each with
 /// its own timeout.
 pub const BANNED_SET: &str = "banned";
+/// Set of the tunnel's DNS servers (`vpn.dns`), the only DNS destinations
+/// of egress=vpn services.
+pub const VPN_DNS_SET: &str = "vpn_dns";
 /// Named counters on the drop rules, read by the status API with
 /// `nft -j list counters table inet ztms`.
 pub const COUNTERS: &[&str] = &[
@@ -75,7 +78,6 @@ const RATE_BURST_FACTOR: u32 = 2;
 /// DHCP server and client ports.
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
-const DNS_PORT: u16 = 53;
 
 /// Builds the complete ruleset of `plan`, with `isolated` already in the
 /// `isolated` set.
@@ -255,6 +257,16 @@ fn add_sets(batch: &mut Batch<'static>, plan: &NetworkPlan, isolated: &[Ipv4Addr
             .collect();
         add_set(batch, name, address(), members);
     }
+
+    let vpn_dns = plan
+        .vpn
+        .iter()
+        .flat_map(|vpn| vpn.dns.iter())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|server| string(server.to_string()))
+        .collect();
+    add_set(batch, VPN_DNS_SET, address(), vpn_dns);
 
     let published = plan
         .published
@@ -437,6 +449,20 @@ impl Builder<'_> {
                 drop_packet(),
             ],
             "kill switch: egress=vpn never leaves by the uplink",
+        ));
+        // The tunnel's routes may cover other resolvers, the uplink's
+        // included. Those would see the service's queries, so DNS from an
+        // egress=vpn service goes to the tunnel's DNS servers or nowhere.
+        rules.push((
+            vec![
+                matches(ip("saddr"), set_ref("egress_vpn")),
+                matches(meta(MetaKey::L4proto), anonymous_set(vec![string("tcp"), string("udp")])),
+                matches(th("dport"), number(DNS_PORT)),
+                not_equal(ip("daddr"), set_ref(VPN_DNS_SET)),
+                counter("drop_vpn_leak"),
+                drop_packet(),
+            ],
+            "DNS of egress=vpn only to the tunnel's DNS servers",
         ));
         rules.push((
             vec![

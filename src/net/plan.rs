@@ -27,6 +27,8 @@ pub const SERVICE_LINK_NAME: &str = "eth0";
 pub const MONITORING_SEGMENT: &str = "monitoring";
 /// TCP port of ztms-init's metrics on the monitoring segment's gateway.
 pub const METRICS_PORT: u16 = 9310;
+/// DNS port, TCP and UDP.
+pub const DNS_PORT: u16 = 53;
 
 /// A definition that has no consistent network plan. Each message names the
 /// value and the fix.
@@ -554,7 +556,17 @@ fn plan_flows(
         let name = service.name.get_ref();
         let source = addresses[name.as_str()].address;
         for entry in &service.allow {
-            flows.insert(resolve_allow(definition, addresses, &format!("service {name:?}"), source, entry)?);
+            let flow = resolve_allow(definition, addresses, &format!("service {name:?}"), source, entry)?;
+            // The firewall drops DNS from egress=vpn services to anything
+            // but the tunnel's DNS servers, so such a flow could never work.
+            if service.egress == Egress::Vpn && flow.to.port == DNS_PORT {
+                return Err(PlanError::Allow {
+                    owner: format!("service {name:?}"),
+                    entry: entry.clone(),
+                    problem: "opens port 53 of another service, but a service with egress = \"vpn\" sends DNS only to the tunnel's DNS servers (vpn.dns); remove the entry or set the service's egress to \"internet\"".into(),
+                });
+            }
+            flows.insert(flow);
         }
     }
     if let Some(remote) = remote {

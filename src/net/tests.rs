@@ -241,6 +241,62 @@ fn vpn_services_resolve_through_tunnel() {
 }
 
 #[test]
+fn vpn_dns_goes_only_to_tunnel_servers() {
+    let plan = media_plan();
+    let document = ruleset_json(&plan);
+    let forward = chain_rules(&document, "forward");
+    let dport = json!({"payload": {"protocol": "th", "field": "dport"}});
+    let daddr = json!({"payload": {"protocol": "ip", "field": "daddr"}});
+    let saddr = json!({"payload": {"protocol": "ip", "field": "saddr"}});
+
+    let dns_rule = forward
+        .iter()
+        .position(|rule| matches_value(rule, &saddr, &json!("@egress_vpn")) && matches_value(rule, &dport, &json!(53)))
+        .expect("DNS rule of egress=vpn services");
+    let rule = &forward[dns_rule];
+    assert!(!is_accept(rule), "{rule}");
+    assert!(rule.to_string().contains("\"drop\""), "{rule}");
+    let excluded = rule
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|statement| statement["match"]["left"] == daddr && statement["match"]["right"] == json!("@vpn_dns") && statement["match"]["op"] == "!=");
+    assert!(excluded, "the rule spares the tunnel's DNS servers only: {rule}");
+
+    // Before any accept, so neither conntrack nor the tunnel's accept lets
+    // a query to another resolver through.
+    let first_accept = forward.iter().position(is_accept).expect("an accept rule");
+    assert!(dns_rule < first_accept, "DNS rule at {dns_rule}, first accept at {first_accept}");
+
+    let servers = set_elements(&document, "vpn_dns");
+    assert_eq!(servers, [json!("10.64.0.1")]);
+}
+
+#[test]
+fn vpn_dns_set_is_empty_without_tunnel() {
+    let text = MEDIA_STACK.split("\n[vpn]").next().unwrap().to_string();
+    let tail = MEDIA_STACK.split("\n[vpn]").nth(1).unwrap();
+    let after = tail.find("\n[").map(|start| &tail[start..]).unwrap_or("");
+    let plan = NetworkPlan::from_definition(&definition(&(text + after))).expect("plan without [vpn]");
+    assert!(plan.vpn.is_none());
+    assert!(set_elements(&ruleset_json(&plan), "vpn_dns").is_empty());
+}
+
+#[test]
+fn vpn_service_allow_to_dns_port_is_rejected() {
+    let text = MEDIA_STACK
+        .replace("ports = [{ port = 8096 }]", "ports = [{ port = 8096 }, { port = 53, proto = \"udp\" }]")
+        .replace(
+            "ports = [{ port = 8080 }, { port = 6881, proto = \"udp\" }]\negress = \"vpn\"",
+            "ports = [{ port = 8080 }, { port = 6881, proto = \"udp\" }]\negress = \"vpn\"\nallow = [\"jellyfin:53/udp\"]",
+        );
+    assert!(text.contains("jellyfin:53/udp"), "the test definition has the allow entry");
+    let error = config_error(&text);
+    assert!(error.contains("egress = \"vpn\""), "{error}");
+    assert!(error.contains("port 53"), "{error}");
+}
+
+#[test]
 fn uplink_accepts_only_https_and_wireguard() {
     let plan = media_plan();
     let document = ruleset_json(&plan);

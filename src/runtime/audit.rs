@@ -312,10 +312,12 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
         Vec::new(),
     );
 
-    // 5.5: bind mounts only from the data filesystem.
+    // 5.5: bind mounts only from the data filesystem, and the service's
+    // read-only resolver file.
     let sensitive: Vec<String> = mounts
         .iter()
         .filter(|mount| is_bind(mount))
+        .filter(|mount| !is_resolver_file(mount))
         .filter_map(|mount| mount.source().as_ref())
         .filter(|source| !source.starts_with(DATA_DIR) || *source == Path::new(DATA_DIR))
         .map(|source| source.display().to_string())
@@ -325,7 +327,7 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
         "Do not mount sensitive host system directories",
         sensitive.is_empty(),
         if sensitive.is_empty() {
-            "bind mounts come only from subdirectories of /data".into()
+            "bind mounts come only from subdirectories of /data, besides the read-only resolver file".into()
         } else {
             format!("binds {}; bind only directories under /data", sensitive.join(", "))
         },
@@ -583,7 +585,8 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
                     path.file_name()
                         .is_some_and(|name| CONTROL_SOCKETS.iter().any(|socket| name == *socket))
                 });
-            let in_control_dir = source.is_some_and(|path| CONTROL_DIRS.iter().any(|dir| path.starts_with(dir)));
+            let in_control_dir = source.is_some_and(|path| CONTROL_DIRS.iter().any(|dir| path.starts_with(dir)))
+                && !is_resolver_file(mount);
             is_socket || in_control_dir
         })
         .map(|mount| mount.destination().display().to_string())
@@ -678,6 +681,17 @@ fn secrets_check(mounts: &[oci_spec::runtime::Mount], env: Option<&[String]>) ->
 /// Returns the fix of a failure detail written as `problem; fix`.
 fn fix_of(detail: &str) -> Option<String> {
     detail.rsplit_once("; ").map(|(_, fix)| fix.to_string())
+}
+
+/// Returns true for the read-only bind of a file from
+/// [`crate::net::resolv::RESOLV_DIR`] at `/etc/resolv.conf`, which contains
+/// DNS server addresses only.
+fn is_resolver_file(mount: &oci_spec::runtime::Mount) -> bool {
+    let read_only = mount.options().as_ref().is_some_and(|options| options.iter().any(|option| option == "ro"));
+    let from_resolver_dir = mount.source().as_ref().is_some_and(|source| {
+        source.parent() == Some(Path::new(crate::net::resolv::RESOLV_DIR))
+    });
+    read_only && from_resolver_dir && mount.destination().file_name() == Some(std::ffi::OsStr::new("resolv.conf"))
 }
 
 fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {

@@ -29,6 +29,8 @@ touch /config/file && echo volume-writable ok
 [ "$(id -u):$(id -g)" = 1000:1000 ] && echo user ok
 unshare -n true 2>/dev/null || echo unshare-denied ok
 mount -t tmpfs none /tmp 2>/dev/null || echo mount-denied ok
+grep -qx 'nameserver 10.64.0.1' /etc/resolv.conf && echo resolver-bound ok
+echo x 2>/dev/null >> /etc/resolv.conf || echo resolver-not-writable ok
 "#;
 
 fn missing_requirement() -> Option<String> {
@@ -139,7 +141,7 @@ secrets = ["token"]
 
 /// Writes the bundle: busybox in a rootfs with its mount points, the data
 /// directory, a secrets directory with a secret the service lists and one
-/// it does not, and `config.json` for `command`.
+/// it does not, a resolver file, and `config.json` for `command`.
 fn write_bundle(sandbox: &Sandbox, service: &Service, command: &[&str]) -> PathBuf {
     let base = sandbox.directory.path();
     let rootfs = base.join("rootfs");
@@ -167,6 +169,10 @@ fn write_bundle(sandbox: &Sandbox, service: &Service, command: &[&str]) -> PathB
     fs::set_permissions(secrets.join("token"), fs::Permissions::from_mode(0o400)).unwrap();
     std::os::unix::fs::chown(secrets.join("token"), Some(1000), Some(1000)).unwrap();
     fs::write(secrets.join("other"), "not for this service").unwrap();
+    let resolver = base.join("resolv.conf");
+    fs::write(&resolver, "nameserver 10.64.0.1\n").unwrap();
+    // The image's own file, which the bind covers.
+    fs::write(rootfs.join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
 
     let mut definition = service.clone();
     definition.command = command.iter().map(|arg| arg.to_string()).collect();
@@ -179,10 +185,14 @@ fn write_bundle(sandbox: &Sandbox, service: &Service, command: &[&str]) -> PathB
     input.cgroup = Path::new("/").join(&sandbox.cgroup_parent).join("probe");
     input.data_dir = data;
     input.secrets = Some(secrets);
+    input.resolv_conf = Some(resolver);
 
     let spec = bundle_spec(&input, &RootfsDir(rootfs.clone())).expect("spec builds");
     for point in mount_points(&spec) {
-        fs::create_dir_all(rootfs.join(point.strip_prefix("/").unwrap())).unwrap();
+        let target = rootfs.join(point.strip_prefix("/").unwrap());
+        if !target.exists() {
+            fs::create_dir_all(target).unwrap();
+        }
     }
     spec.save(base.join("config.json")).unwrap();
     base.to_path_buf()
@@ -243,6 +253,8 @@ fn crun_runs_spec_with_default_policy() {
         "user",
         "unshare-denied",
         "mount-denied",
+        "resolver-bound",
+        "resolver-not-writable",
     ] {
         assert!(
             stdout.lines().any(|line| line == format!("{check} ok")),

@@ -76,6 +76,10 @@ pub struct ServiceInput<'a> {
     /// service's `secrets` is bound read-only from here to
     /// `/run/secrets/<name>`. `None` binds no secret.
     pub secrets: Option<PathBuf>,
+    /// Resolver file on the appliance that is bound read-only at
+    /// `/etc/resolv.conf` in the container (see [`crate::net::resolv`]).
+    /// `None` leaves the image's own file.
+    pub resolv_conf: Option<PathBuf>,
     /// `KEY=value` entries of the image's own configuration (OCI images);
     /// they override the default PATH, HOME and TZ.
     pub image_env: Vec<String>,
@@ -89,8 +93,9 @@ pub struct ServiceInput<'a> {
 impl<'a> ServiceInput<'a> {
     /// Builds the input with the appliance's standard layout: the rootfs
     /// under [`SERVICES_DIR`] for OCI images and `/` otherwise, the
-    /// namespace under [`NETNS_DIR`], the cgroup under [`CGROUP_PARENT`] and
-    /// the secret files in [`SECRETS_DIR`].
+    /// namespace under [`NETNS_DIR`], the cgroup under [`CGROUP_PARENT`],
+    /// the secret files in [`SECRETS_DIR`] and the resolver file under
+    /// [`crate::net::resolv::RESOLV_DIR`].
     pub fn new(service: &'a Service) -> Self {
         let name = service.name.get_ref();
         let rootfs = if service.oci.is_some() {
@@ -105,6 +110,7 @@ impl<'a> ServiceInput<'a> {
             cgroup: Path::new(CGROUP_PARENT).join(name),
             data_dir: PathBuf::from(DATA_DIR),
             secrets: Some(PathBuf::from(SECRETS_DIR)),
+            resolv_conf: Some(crate::net::resolv::resolv_conf_path(name)),
             image_env: Vec::new(),
             puid_pgid: false,
             timezone: "UTC".into(),

@@ -401,6 +401,14 @@ fn service_mounts(
         }
     }
 
+    // The target is usually a file of the read-only root, which the
+    // builder creates when the image lacks it.
+    if let Some(host) = &input.resolv_conf {
+        let resolved = resolve(Path::new(crate::net::resolv::RESOLV_TARGET))?;
+        let options = ["rbind", "rprivate", "nosuid", "nodev", "noexec", "ro"];
+        planned.push((resolved.path.clone(), "resolver file".into(), bind(name, &resolved.path, host, &options)?));
+    }
+
     for (index, (target, label, _)) in planned.iter().enumerate() {
         if let Some((_, other, _)) = planned[..index].iter().find(|(earlier, _, _)| earlier == target) {
             return Err(RuntimeError::MountConflict {

@@ -85,10 +85,11 @@ pub fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), String> {
     run_with_input(&mut command, commands).map(drop)
 }
 
-/// Brings up the uplink with its address and default route. Every error
-/// names the interface, the setting and the kernel's or the DHCP client's
-/// message.
-pub fn bring_up_uplink(uplink: &Uplink) -> Result<(), String> {
+/// Brings up the uplink with its address and default route, and returns
+/// the DNS servers of its DHCP lease (none for a static address). Every
+/// error names the interface, the setting and the kernel's or the DHCP
+/// client's message.
+pub fn bring_up_uplink(uplink: &Uplink) -> Result<Vec<Ipv4Addr>, String> {
     let interface = &uplink.interface;
     let setting = match &uplink.ipv4 {
         UplinkIpv4::Dhcp => "ipv4 = \"dhcp\"".to_string(),
@@ -98,17 +99,27 @@ pub fn bring_up_uplink(uplink: &Uplink) -> Result<(), String> {
 
     wait_for_interface(interface).map_err(failed)?;
     ip_batch(None, &format!("link set {interface} up\n")).map_err(failed)?;
-    let (address, prefix, gateway) = match &uplink.ipv4 {
-        UplinkIpv4::Static { address, gateway } => (address.address, address.prefix, *gateway),
+    let lease = match &uplink.ipv4 {
+        UplinkIpv4::Static { address, gateway } => Lease {
+            address: address.address,
+            prefix: address.prefix,
+            router: *gateway,
+            dns: Vec::new(),
+        },
         UplinkIpv4::Dhcp => dhcp_lease(interface).map_err(failed)?,
     };
+    let Lease { address, prefix, router: gateway, dns } = lease;
     let commands = format!(
         "address add {address}/{prefix} dev {interface}\n\
          route add default via {gateway} dev {interface}\n"
     );
     ip_batch(None, &commands).map_err(failed)?;
     log::info!("uplink {interface}: {address}/{prefix}, default gateway {gateway} ({setting})");
-    Ok(())
+    if uplink.ipv4 == UplinkIpv4::Dhcp {
+        let servers: Vec<String> = dns.iter().map(Ipv4Addr::to_string).collect();
+        log::info!("uplink {interface}: DNS servers of the lease: {}", if servers.is_empty() { "none".into() } else { servers.join(", ") });
+    }
+    Ok(dns)
 }
 
 /// Waits until the kernel has created `interface`: its driver's module
@@ -132,13 +143,12 @@ fn wait_for_interface(interface: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Asks for a DHCP lease on `interface` and returns its address, prefix
-/// length and router.
+/// Asks for a DHCP lease on `interface`.
 ///
 /// NOTE: `udhcpc` exits once it has the lease (`-q`), so nothing renews
 /// it: an uplink whose DHCP server enforces short leases loses the address
 /// when the lease ends.
-fn dhcp_lease(interface: &str) -> Result<(Ipv4Addr, u8, Ipv4Addr), String> {
+fn dhcp_lease(interface: &str) -> Result<Lease, String> {
     let output = run_with_input(
         Command::new(BUSYBOX).args([
             "udhcpc",
@@ -160,15 +170,26 @@ fn dhcp_lease(interface: &str) -> Result<(Ipv4Addr, u8, Ipv4Addr), String> {
     parse_lease(&output).ok_or_else(|| format!("udhcpc printed no usable lease: {:?}", output.trim()))
 }
 
-/// Parses the `ztms-lease ADDRESS PREFIX ROUTER...` line that the udhcpc
-/// script prints.
-pub fn parse_lease(output: &str) -> Option<(Ipv4Addr, u8, Ipv4Addr)> {
+/// An IPv4 lease of the uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub router: Ipv4Addr,
+    /// DNS servers; words that are not IPv4 addresses are skipped.
+    pub dns: Vec<Ipv4Addr>,
+}
+
+/// Parses the `ztms-lease ADDRESS PREFIX ROUTER DNS...` line that the
+/// udhcpc script prints.
+pub fn parse_lease(output: &str) -> Option<Lease> {
     let line = output.lines().rev().find_map(|line| line.strip_prefix("ztms-lease "))?;
     let mut words = line.split_whitespace();
     let address = words.next()?.parse().ok()?;
     let prefix: u8 = words.next()?.parse().ok()?;
     let router = words.next()?.parse().ok()?;
-    (1..=32).contains(&prefix).then_some((address, prefix, router))
+    let dns = words.filter_map(|word| word.parse().ok()).collect();
+    (1..=32).contains(&prefix).then_some(Lease { address, prefix, router, dns })
 }
 
 #[cfg(test)]
@@ -178,7 +199,15 @@ mod tests {
     #[test]
     fn lease_line_parses() {
         let output = "udhcpc: started\nztms-lease 10.0.2.15 24 10.0.2.2\n";
-        assert_eq!(parse_lease(output), Some((Ipv4Addr::new(10, 0, 2, 15), 24, Ipv4Addr::new(10, 0, 2, 2))));
+        let lease = parse_lease(output).expect("a lease");
+        assert_eq!((lease.address, lease.prefix, lease.router), (Ipv4Addr::new(10, 0, 2, 15), 24, Ipv4Addr::new(10, 0, 2, 2)));
+        assert!(lease.dns.is_empty());
+    }
+
+    #[test]
+    fn lease_line_carries_dns_servers() {
+        let lease = parse_lease("ztms-lease 10.0.2.15 24 10.0.2.2 10.0.2.3 192.168.1.1\n").expect("a lease");
+        assert_eq!(lease.dns, [Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(192, 168, 1, 1)]);
     }
 
     #[test]

@@ -38,8 +38,9 @@ const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
 
 /// Prepares everything `crun run` needs for service `name` and returns the
 /// bundle directory: the service's network namespace with `lo` up, its
-/// volume directories on `/data`, a stale container of the same
-/// name removed, and `config.json` with the device grants filled in.
+/// volume directories on `/data`, its resolver file, a stale container of
+/// the same name removed, and `config.json` with the device grants filled
+/// in.
 pub fn prepare(name: &str) -> Result<PathBuf, String> {
     let namespace = netns::create(name).map_err(|error| error.to_string())?;
     netns::run_in(&namespace, || crate::init::network::set_up("lo"))
@@ -56,6 +57,12 @@ pub fn prepare(name: &str) -> Result<PathBuf, String> {
         }
     }
     create_host_directories(name, &spec)?;
+    let binds_resolver = spec.mounts().iter().flatten().any(|mount| {
+        mount.source().as_ref().is_some_and(|source| source.starts_with(crate::net::resolv::RESOLV_DIR))
+    });
+    if binds_resolver {
+        crate::init::network::resolv::ensure(name)?;
+    }
 
     let bundle = Path::new(RUN_BUNDLES).join(name);
     fs::DirBuilder::new()
