@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::Spec;
 
-use crate::init::netns;
+use crate::init::{apparmor, netns};
 use crate::runtime::{self, DeviceNode};
 use crate::status::SecurityFacts;
 
@@ -39,7 +39,8 @@ const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
 /// Prepares everything `crun run` needs for service `name` and returns the
 /// bundle directory: the service's network namespace with `lo` up, its
 /// volume directories on `/data`, a stale container of the same
-/// name removed, and `config.json` with the device grants filled in.
+/// name removed, and `config.json` with the device grants filled in and
+/// its AppArmor profile checked to be in force.
 pub fn prepare(name: &str) -> Result<PathBuf, String> {
     let namespace = netns::create(name).map_err(|error| error.to_string())?;
     netns::run_in(&namespace, || crate::init::network::set_up("lo"))
@@ -49,6 +50,7 @@ pub fn prepare(name: &str) -> Result<PathBuf, String> {
     let source = Path::new(runtime::BUNDLES_DIR).join(name).join("config.json");
     let mut spec = Spec::load(&source).map_err(|error| format!("reading the bundle spec {} failed: {error}", source.display()))?;
     runtime::fill_device_grants(&mut spec, name, DeviceNode::stat).map_err(|error| error.to_string())?;
+    apparmor::prepare_spec(name, &mut spec)?;
     if let Some(root) = spec.root_mut() {
         if root.path() == Path::new("/") {
             bind_root()?;
@@ -232,13 +234,30 @@ pub fn parse_security(pid: i32, status: &str) -> Option<SecurityFacts> {
         seccomp: number("Seccomp")?,
         uid: ids(status_field(status, "Uid")?)?,
         gid: ids(status_field(status, "Gid")?)?,
+        apparmor: None,
     })
 }
 
 /// Reads the security facts of process `pid`.
 pub fn security(pid: i32) -> Option<SecurityFacts> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_security(pid, &status)
+    let mut facts = parse_security(pid, &status)?;
+    facts.apparmor = apparmor_label(pid);
+    Some(facts)
+}
+
+/// Returns the AppArmor label of process `pid`. Linux 5.1 and later have
+/// `attr/apparmor/current`, which names AppArmor's label even when another
+/// LSM owns `attr/current`.
+fn apparmor_label(pid: i32) -> Option<String> {
+    if !apparmor::kernel_has_apparmor() {
+        return None;
+    }
+    ["attr/apparmor/current", "attr/current"].iter().find_map(|file| {
+        let text = fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+        let label = text.trim_end_matches(['\n', '\0']).trim();
+        (!label.is_empty()).then(|| label.to_string())
+    })
 }
 
 /// Returns VmRSS of process `pid` in KiB.
