@@ -181,9 +181,8 @@ fn write_bundle(sandbox: &Sandbox, service: &Service, command: &[&str]) -> PathB
     input.secrets = Some(secrets);
 
     let mut spec = bundle_spec(&input, &RootfsDir(rootfs.clone())).expect("spec builds");
-    // The service's AppArmor profile is not loaded on the test host, and
-    // crun fails on a profile it cannot apply, so the spec runs without
-    // one here; tests/runtime.rs checks the profile in a VM.
+    // crun fails on a profile that the host has not loaded, so the spec
+    // runs without one here. tests/runtime.rs checks the profile in a VM.
     if let Some(process) = spec.process_mut() {
         process.set_apparmor_profile(None);
     }
