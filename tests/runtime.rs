@@ -84,8 +84,9 @@ fn containers_run_under_default_policy() {
     }
 
     // What only the AppArmor profile denies fails with EACCES (13), and
-    // a write the profile allows still succeeds.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // a write the profile allows still succeeds. The health check, run by
+    // crun exec, is confined by the same profile.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !vm.console().contains("confined: checks-done") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -95,6 +96,7 @@ fn containers_run_under_default_policy() {
         "socket alg errno 13",
         "create /dev/mqueue/probe errno 13",
         "create /tmp/probe errno 0",
+        "check label ztms-confined (enforce)",
     ] {
         assert!(confined.iter().any(|line| line == expected), "expected {expected:?} in {confined:?}");
     }

@@ -174,8 +174,9 @@ pub fn run_argv(name: &str, bundle: &Path) -> Vec<String> {
 }
 
 /// Returns the command line that runs `command` inside the running
-/// container `name` as `uid:gid`, under the container's policy.
-pub fn exec_argv(name: &str, uid: u32, gid: u32, command: &[String]) -> Vec<String> {
+/// container `name` as `uid:gid`, under the container's policy and, when
+/// `apparmor_profile` is set, under that AppArmor profile.
+pub fn exec_argv(name: &str, uid: u32, gid: u32, apparmor_profile: Option<&str>, command: &[String]) -> Vec<String> {
     let mut argv: Vec<String> = vec![
         CRUN.into(),
         "--root".into(),
@@ -183,10 +184,19 @@ pub fn exec_argv(name: &str, uid: u32, gid: u32, command: &[String]) -> Vec<Stri
         "exec".into(),
         "--user".into(),
         format!("{uid}:{gid}"),
-        name.into(),
     ];
+    if let Some(profile) = apparmor_profile {
+        argv.push(format!("--apparmor={profile}"));
+    }
+    argv.push(name.into());
     argv.extend(command.iter().cloned());
     argv
+}
+
+/// Returns the AppArmor profile that a `crun exec` in container `name`
+/// runs under: the service's own, or none on a kernel without AppArmor.
+pub fn exec_apparmor_profile(name: &str) -> Option<String> {
+    apparmor::kernel_has_apparmor().then(|| runtime::profile_name(name))
 }
 
 /// Returns the container's main process: the child of the `crun run`
@@ -303,7 +313,13 @@ mod tests {
 
     #[test]
     fn exec_runs_as_service_user() {
-        let argv = exec_argv("web", 1000, 1001, &["/bin/true".into()]);
+        let argv = exec_argv("web", 1000, 1001, None, &["/bin/true".into()]);
         assert_eq!(argv[3..], ["exec", "--user", "1000:1001", "web", "/bin/true"]);
+    }
+
+    #[test]
+    fn exec_names_apparmor_profile() {
+        let argv = exec_argv("web", 1000, 1001, Some("ztms-web"), &["/bin/true".into()]);
+        assert_eq!(argv[3..], ["exec", "--user", "1000:1001", "--apparmor=ztms-web", "web", "/bin/true"]);
     }
 }
