@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use oci_spec::runtime::Spec;
@@ -27,12 +26,10 @@ const LSM_FILE: &str = "/sys/kernel/security/lsm";
 /// The parser from Debian's `apparmor` package.
 const PARSER: &str = "/sbin/apparmor_parser";
 
-/// Whether the kernel has AppArmor, recorded by the `apparmor` phase.
-static KERNEL_HAS_APPARMOR: OnceLock<bool> = OnceLock::new();
-
-/// Returns true when the kernel runs AppArmor.
+/// Returns true when the kernel runs AppArmor. It reads securityfs, which
+/// the `mounts` phase mounts, so it returns false before that phase.
 pub fn kernel_has_apparmor() -> bool {
-    *KERNEL_HAS_APPARMOR.get_or_init(|| Path::new(SECURITYFS_DIR).is_dir())
+    Path::new(SECURITYFS_DIR).is_dir()
 }
 
 /// Loads the profile of each service in `services` in enforce mode,
