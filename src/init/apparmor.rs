@@ -83,10 +83,10 @@ pub fn load_profiles(services: &[String]) -> Result<(), String> {
     }
 }
 
-/// Makes the spec of service `name` safe to run under this kernel: with
-/// AppArmor, checks that the profile it names is loaded in enforce mode;
-/// without AppArmor, removes the profile name, which the kernel could not
-/// apply, and logs that the service runs without one.
+/// Checks the AppArmor profile of service `name` before crun runs `spec`.
+/// With AppArmor, the profile must be loaded in enforce mode. Without it,
+/// the profile name is removed, because crun fails on a profile that the
+/// kernel cannot apply, and the log says the service runs unconfined.
 pub fn prepare_spec(name: &str, spec: &mut Spec) -> Result<(), String> {
     let Some(process) = spec.process_mut() else { return Ok(()) };
     let Some(profile) = process.apparmor_profile().clone() else {
