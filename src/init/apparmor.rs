@@ -88,17 +88,24 @@ pub fn load_profiles(services: &[String]) -> Result<(), String> {
 /// the profile name is removed, because crun fails on a profile that the
 /// kernel cannot apply, and the log says the service runs unconfined.
 pub fn prepare_spec(name: &str, spec: &mut Spec) -> Result<(), String> {
+    let has_apparmor = kernel_has_apparmor();
+    let loaded = if has_apparmor { read_loaded_profiles() } else { BTreeMap::new() };
+    check_spec(name, spec, has_apparmor, &loaded)
+}
+
+/// Does the work of [`prepare_spec`] for a kernel described by
+/// `has_apparmor` and its `loaded` profiles.
+fn check_spec(name: &str, spec: &mut Spec, has_apparmor: bool, loaded: &BTreeMap<String, String>) -> Result<(), String> {
     let Some(process) = spec.process_mut() else { return Ok(()) };
     let Some(profile) = process.apparmor_profile().clone() else {
         log::warn!("service {name}: the spec names no AppArmor profile; it runs without one");
         return Ok(());
     };
-    if !kernel_has_apparmor() {
+    if !has_apparmor {
         process.set_apparmor_profile(None);
         log::warn!("service {name}: starting without AppArmor profile {profile}, because the kernel has no AppArmor");
         return Ok(());
     }
-    let loaded = read_loaded_profiles();
     match loaded.get(&profile).map(String::as_str) {
         Some("enforce") => Ok(()),
         Some(mode) => Err(format!(
@@ -153,6 +160,43 @@ mod tests {
         assert_eq!(profiles.get("ztms-db").map(String::as_str), Some("complain"));
         assert_eq!(profiles.get("/usr/bin/man").map(String::as_str), Some("enforce"));
         assert_eq!(profiles.get("nvidia_modprobe//kmod").map(String::as_str), Some("enforce"));
+    }
+
+    fn spec() -> Spec {
+        let service: crate::config::Service =
+            toml::from_str("name = \"web\"\nsegment = \"frontend\"\ncommand = [\"/bin/httpd\"]\n").unwrap();
+        runtime::bundle_spec(&runtime::ServiceInput::new(&service), &runtime::NoImage).unwrap()
+    }
+
+    fn profile_of(spec: &Spec) -> Option<String> {
+        spec.process().as_ref().unwrap().apparmor_profile().clone()
+    }
+
+    #[test]
+    fn spec_keeps_enforced_profile() {
+        let mut spec = spec();
+        let loaded = parse_profiles("ztms-web (enforce)\n");
+        assert_eq!(check_spec("web", &mut spec, true, &loaded), Ok(()));
+        assert_eq!(profile_of(&spec).as_deref(), Some("ztms-web"));
+    }
+
+    #[test]
+    fn spec_with_unloaded_profile_rejected() {
+        let mut spec = spec();
+        let error = check_spec("web", &mut spec, true, &BTreeMap::new()).unwrap_err();
+        assert!(error.contains("ztms-web is not loaded"), "{error}");
+        assert!(error.contains("does not start"), "{error}");
+
+        let complain = parse_profiles("ztms-web (complain)\n");
+        let error = check_spec("web", &mut spec, true, &complain).unwrap_err();
+        assert!(error.contains("complain mode"), "{error}");
+    }
+
+    #[test]
+    fn spec_without_apparmor_drops_profile() {
+        let mut spec = spec();
+        assert_eq!(check_spec("web", &mut spec, false, &BTreeMap::new()), Ok(()));
+        assert_eq!(profile_of(&spec), None);
     }
 
     #[test]
