@@ -93,7 +93,7 @@ pub fn prepare_spec(name: &str, spec: &mut Spec) -> Result<(), String> {
     check_spec(name, spec, has_apparmor, &loaded)
 }
 
-/// Does the work of [`prepare_spec`] for a kernel described by
+/// Checks and adjusts `spec` as [`prepare_spec`] does, for a kernel described by
 /// `has_apparmor` and its `loaded` profiles.
 fn check_spec(name: &str, spec: &mut Spec, has_apparmor: bool, loaded: &BTreeMap<String, String>) -> Result<(), String> {
     let Some(process) = spec.process_mut() else { return Ok(()) };
