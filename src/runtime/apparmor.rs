@@ -20,7 +20,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Capability, Mount, Spec};
+use oci_spec::runtime::{Capability, LinuxNamespaceType, Mount, Spec};
 
 use super::devices::device_grants;
 use super::RuntimeError;
@@ -152,6 +152,10 @@ pub fn profile_text(service: &str, spec: &Spec) -> Result<String, RuntimeError> 
     line(format!("ptrace (read, readby) peer={name},"));
     line(format!("signal (send, receive) peer={name},"));
     line("signal (receive) peer=unconfined,".into());
+    if shares_host_pid_namespace(spec) {
+        line("# namespace:host-pid: the service may signal the appliance's processes.".into());
+        line("signal (send) peer=unconfined,".into());
+    }
 
     let mut profile = String::new();
     let _ = writeln!(profile, "# AppArmor profile of service {service}, written by ztms from the service's OCI spec.");
@@ -164,6 +168,13 @@ pub fn profile_text(service: &str, spec: &Spec) -> Result<String, RuntimeError> 
     profile.push_str(&text);
     profile.push_str("}\n");
     Ok(profile)
+}
+
+/// Returns true when the spec creates no PID namespace, which a
+/// `namespace:host-pid` exception allows.
+fn shares_host_pid_namespace(spec: &Spec) -> bool {
+    let namespaces = spec.linux().as_ref().and_then(|linux| linux.namespaces().as_ref());
+    !namespaces.is_some_and(|namespaces| namespaces.iter().any(|namespace| namespace.typ() == LinuxNamespaceType::Pid))
 }
 
 /// Returns the tmpfs mounts and read-write bind mounts of `mounts`
@@ -362,6 +373,13 @@ secrets = ["api-key"]
         assert!(profile.contains("signal (send, receive) peer=ztms-jellyfin,"), "{profile}");
         assert!(profile.contains("signal (receive) peer=unconfined,"), "{profile}");
         assert!(!profile.contains("change_profile"), "{profile}");
+    }
+
+    #[test]
+    fn host_pid_may_signal_appliance() {
+        assert!(!profile_of(TYPICAL).contains("signal (send) peer=unconfined,"));
+        let profile = with_exceptions(r#"{ allow = "namespace:host-pid", reason = "signals PID 1" }"#);
+        assert!(profile.contains("signal (send) peer=unconfined,\n"), "{profile}");
     }
 
     #[test]
