@@ -1,12 +1,13 @@
 //! The AppArmor profile of every service, written from the service's OCI
 //! spec so that the profile and the mounts it describes cannot disagree.
 //!
-//! The profile allows what the spec already grants and nothing more:
-//! reading the container's tree, writing only its writable tmpfs mounts,
-//! read-write volumes, `/dev/shm` and its granted devices, executing and
-//! mapping programs only from the read-only root or an `exec-tmpfs`
-//! mount, the capabilities of its bounding set, and TCP, UDP, Unix and
-//! netlink sockets (raw and packet sockets only with `CAP_NET_RAW`).
+//! The profile allows what the spec already grants and nothing more. The
+//! service may read the container's tree, and write only its writable
+//! tmpfs mounts, read-write volumes, `/dev/shm` and its granted devices.
+//! It may execute and map programs only from the read-only root or an
+//! `exec-tmpfs` mount. It gets the capabilities of its bounding set, and
+//! TCP, UDP, Unix and netlink sockets (raw and packet sockets only with
+//! `CAP_NET_RAW`).
 //! Mounts, `pivot_root`, tracing another process, writes to `/proc/sys`
 //! and `/sys` and every other socket family are denied. AppArmor
 //! mediates path names as the container sees them, after `pivot_root`,
@@ -211,7 +212,7 @@ fn has_option(mount: &Mount, option: &str) -> bool {
     mount.options().as_ref().is_some_and(|options| options.iter().any(|value| value == option))
 }
 
-/// Returns the capabilities of the process's bounding set, which holds
+/// Returns the capabilities of the process's bounding set, which contains
 /// every capability the process can ever have.
 fn bounding_capabilities(spec: &Spec) -> Vec<Capability> {
     let mut capabilities: Vec<Capability> = spec
