@@ -241,6 +241,11 @@ pub struct SecurityFacts {
     pub uid: [u32; 4],
     /// Real, effective, saved and filesystem group id.
     pub gid: [u32; 4],
+    /// AppArmor label and mode, as `/proc/<pid>/attr/apparmor/current`
+    /// shows them (`ztms-web (enforce)`); `None` when the kernel has no
+    /// AppArmor.
+    #[serde(default)]
+    pub apparmor: Option<String>,
 }
 
 /// Facts about a service's container and the crun process that runs it.

@@ -39,6 +39,9 @@ fn containers_run_under_default_policy() {
     assert_eq!(security.uid, [1000; 4], "{security:?}");
     assert_eq!(security.gid, [1000; 4], "{security:?}");
     assert_ne!(Some(security.pid), web.pid, "the main process is crun's child, not crun");
+    // The guest's kernel (Debian 12) has AppArmor, and crun applies the
+    // profile that ztms-init loaded.
+    assert_eq!(security.apparmor.as_deref(), Some("ztms-web (enforce)"), "{security:?}");
 
     for service in &status.services {
         eprintln!("measured {}: {:?}", service.name, service.container);
@@ -79,6 +82,28 @@ fn containers_run_under_default_policy() {
         let expected = format!("syscall {name} errno {errno}");
         assert!(syscalls.contains(&expected), "expected {expected:?} in {syscalls:?}");
     }
+
+    // What only the AppArmor profile denies fails with EACCES (13), and
+    // a write the profile allows still succeeds. The health check, run by
+    // crun exec, is confined by the same profile.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !vm.console().contains("confined: checks-done") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let confined = output_of(&vm.console(), "confined");
+    for expected in [
+        "label ztms-confined (enforce)",
+        "socket alg errno 13",
+        "create /dev/mqueue/probe errno 13",
+        "create /tmp/probe errno 0",
+        "check label ztms-confined (enforce)",
+    ] {
+        assert!(confined.iter().any(|line| line == expected), "expected {expected:?} in {confined:?}");
+    }
+    let console = vm.console();
+    let load = console.lines().find(|line| line.contains("apparmor: loaded"));
+    assert!(load.is_some(), "no profile load line:\n{}", vm.console_tail(40));
+    eprintln!("measured profile load: {}", load.unwrap_or_default());
 }
 
 #[test]
@@ -257,7 +282,7 @@ fn audit_through_status_socket() {
     let stderr = String::from_utf8_lossy(&online.stderr).into_owned();
 
     assert!(table.starts_with("ITEM"), "no table header:\n{table}\nstderr: {stderr}");
-    for item in ["5.3", "5.25"] {
+    for item in ["5.1", "5.3", "5.25"] {
         let row = table
             .lines()
             .find(|line| line.split_whitespace().take(2).eq([item, "web"]))

@@ -81,6 +81,10 @@ pub const STORAGE_PACKAGES: &[&str] = &["cryptsetup-bin", "e2fsprogs", "fdisk", 
 /// definitions with remote-access peers or a `[vpn]` table get it.
 pub const WIREGUARD_PACKAGE: &str = "wireguard-tools";
 
+/// Debian package of `apparmor_parser`, which ztms-init runs to load the
+/// services' AppArmor profiles; only definitions with services get it.
+pub const APPARMOR_PACKAGE: &str = "apparmor";
+
 /// Returns every package the tree gets: the network and storage tools, the base list
 /// and each service's.
 pub fn package_list(loaded: &Loaded) -> Vec<String> {
@@ -94,9 +98,11 @@ pub fn package_list(loaded: &Loaded) -> Vec<String> {
     if !definition.wireguard.peers.is_empty() || definition.vpn.is_some() {
         packages.insert(WIREGUARD_PACKAGE.to_string());
     }
-    // ztms-init runs every service with crun.
+    // ztms-init runs every service with crun, and loads each service's
+    // AppArmor profile with apparmor_parser (package apparmor).
     if !definition.services.is_empty() {
         packages.insert("crun".to_string());
+        packages.insert(APPARMOR_PACKAGE.to_string());
     }
     packages.into_iter().collect()
 }
@@ -373,5 +379,13 @@ mod tests {
             "{plain}[[wireguard.peer]]\nname = \"phone\"\npublic_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n"
         );
         assert!(packages_of(&remote).contains(&WIREGUARD_PACKAGE.to_string()));
+    }
+
+    #[test]
+    fn apparmor_only_with_services() {
+        let plain = "[image]\nname = \"t\"\nversion = \"1\"\n";
+        assert!(!packages_of(plain).contains(&APPARMOR_PACKAGE.to_string()));
+        let with_service = format!("{plain}[[service]]\nname = \"app\"\nsegment = \"backend\"\ncommand = [\"/bin/app\"]\n");
+        assert!(packages_of(&with_service).contains(&APPARMOR_PACKAGE.to_string()));
     }
 }

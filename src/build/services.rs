@@ -1,7 +1,8 @@
 //! Service root filesystems in the image: OCI images unpacked under
 //! `/usr/lib/ztms/services/<name>/rootfs`, the mount points every
 //! container needs, created before the image is sealed read-only, and each
-//! service's OCI spec at `/usr/lib/ztms/bundles/<name>/config.json`.
+//! service's OCI spec at `/usr/lib/ztms/bundles/<name>/config.json` with
+//! its AppArmor profile beside it.
 
 use std::path::{Path, PathBuf};
 
@@ -93,6 +94,10 @@ pub fn lay_services(loaded: &Loaded, tree: &Path) -> Result<usize, BuildError> {
         let config = bundle.join("config.json");
         let text = serde_json::to_vec_pretty(&spec).map_err(|e| BuildError::Plan(format!("service {name:?}: {e}")))?;
         std::fs::write(&config, text).map_err(|e| BuildError::io("write bundle spec", &config, e))?;
+
+        let profile = runtime::profile_text(name, &spec).map_err(|error| BuildError::Plan(error.to_string()))?;
+        let profile_path = bundle.join(runtime::PROFILE_FILE);
+        std::fs::write(&profile_path, profile).map_err(|e| BuildError::io("write AppArmor profile", &profile_path, e))?;
     }
 
     // Mount point of the data volume, which every image has and which the

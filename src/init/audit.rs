@@ -6,8 +6,9 @@
 //! ztms-init writes at container start with the device numbers filled in.
 //! A service that has not started yet has no such file, so its spec in the
 //! root image, `/usr/lib/ztms/bundles/<name>/config.json`, is audited in
-//! its place. The request reads one small JSON file per service on the
-//! main loop and starts no process.
+//! its place. The request reads one small JSON file per service and the
+//! kernel's list of AppArmor profiles on the main loop, and starts no
+//! process.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -16,7 +17,7 @@ use oci_spec::runtime::Spec;
 
 use super::plan::{AppliancePlan, ServicePlan};
 use super::spawn::container::RUN_BUNDLES;
-use crate::runtime::{self, AuditInput, RestartFacts};
+use crate::runtime::{self, AppArmorFacts, AuditInput, RestartFacts};
 use crate::status::{AuditReply, UnauditedService};
 
 /// The services of the appliance plan, set once the plan is loaded.
@@ -33,7 +34,11 @@ pub fn run() -> Result<AuditReply, String> {
     let Some(services) = SERVICES.get() else {
         return Err("no appliance plan is loaded, so there is no service to audit".into());
     };
-    let reply = audit_bundles(services, Path::new(RUN_BUNDLES), Path::new(runtime::BUNDLES_DIR));
+    let apparmor = AppArmorFacts {
+        enabled: super::apparmor::kernel_has_apparmor(),
+        profiles: super::apparmor::read_loaded_profiles(),
+    };
+    let reply = audit_bundles(services, Path::new(RUN_BUNDLES), Path::new(runtime::BUNDLES_DIR), &apparmor);
     let failed = reply.rows.iter().filter(|row| row.outcome == runtime::Outcome::Fail).count();
     log::info!("audit request: {} checks of {} services, {failed} failed", reply.rows.len(), services.len());
     for service in &reply.unaudited {
@@ -43,8 +48,9 @@ pub fn run() -> Result<AuditReply, String> {
 }
 
 /// Audits each service's spec from `run_dir/<name>/config.json`, or from
-/// `image_dir/<name>/config.json` when the service has not started yet.
-pub fn audit_bundles(services: &[ServicePlan], run_dir: &Path, image_dir: &Path) -> AuditReply {
+/// `image_dir/<name>/config.json` when the service has not started yet,
+/// with the kernel's AppArmor facts `apparmor`.
+pub fn audit_bundles(services: &[ServicePlan], run_dir: &Path, image_dir: &Path, apparmor: &AppArmorFacts) -> AuditReply {
     let mut audited: Vec<(&ServicePlan, Spec)> = Vec::new();
     let mut unaudited = Vec::new();
     for service in services {
@@ -64,6 +70,7 @@ pub fn audit_bundles(services: &[ServicePlan], run_dir: &Path, image_dir: &Path)
             service: (*service).into(),
             spec,
             restart: RestartFacts::supervisor(),
+            apparmor: Some(apparmor),
         })
         .collect();
     AuditReply {
@@ -125,12 +132,63 @@ command = ["/bin/worker"]
             .unwrap_or_else(|| panic!("no row {item} for {service}: {reply:?}"))
     }
 
+    /// Facts of a kernel that enforces the profiles of both services.
+    fn enforced() -> AppArmorFacts {
+        AppArmorFacts {
+            enabled: true,
+            profiles: [("ztms-web", "enforce"), ("ztms-worker", "enforce")]
+                .iter()
+                .map(|(name, mode)| (name.to_string(), mode.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn apparmor_loaded_in_enforce_mode_passes() {
+        let image = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let plan = write_bundles(image.path());
+        let reply = audit_bundles(&plan.services, run.path(), image.path(), &enforced());
+        let web = row(&reply, "5.1", "web");
+        assert_eq!(web.outcome, Outcome::Pass, "{web:?}");
+        assert!(web.detail.contains("ztms-web loaded in enforce mode"), "{web:?}");
+    }
+
+    #[test]
+    fn apparmor_complain_or_missing_fails() {
+        let image = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let plan = write_bundles(image.path());
+        let mut facts = enforced();
+        facts.profiles.insert("ztms-web".into(), "complain".into());
+        facts.profiles.remove("ztms-worker");
+        let reply = audit_bundles(&plan.services, run.path(), image.path(), &facts);
+
+        let web = row(&reply, "5.1", "web");
+        assert_eq!(web.outcome, Outcome::Fail, "{web:?}");
+        assert!(web.detail.contains("complain mode"), "{web:?}");
+        let worker = row(&reply, "5.1", "worker");
+        assert_eq!(worker.outcome, Outcome::Fail, "{worker:?}");
+        assert!(worker.detail.contains("not loaded"), "{worker:?}");
+    }
+
+    #[test]
+    fn apparmor_absent_from_kernel_fails() {
+        let image = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let plan = write_bundles(image.path());
+        let reply = audit_bundles(&plan.services, run.path(), image.path(), &AppArmorFacts::default());
+        let web = row(&reply, "5.1", "web");
+        assert_eq!(web.outcome, Outcome::Fail, "{web:?}");
+        assert!(web.detail.contains("the kernel has no AppArmor"), "{web:?}");
+    }
+
     #[test]
     fn image_bundle_audited_with_exceptions() {
         let image = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
         let plan = write_bundles(image.path());
-        let reply = audit_bundles(&plan.services, run.path(), image.path());
+        let reply = audit_bundles(&plan.services, run.path(), image.path(), &enforced());
 
         assert!(reply.unaudited.is_empty(), "{reply:?}");
         let capabilities = row(&reply, "5.3", "web");
@@ -154,7 +212,7 @@ command = ["/bin/worker"]
         std::fs::create_dir_all(run.path().join("web")).unwrap();
         spec.save(run.path().join("web/config.json")).unwrap();
 
-        let reply = audit_bundles(&plan.services, run.path(), image.path());
+        let reply = audit_bundles(&plan.services, run.path(), image.path(), &enforced());
         assert_eq!(row(&reply, "5.25", "web").outcome, Outcome::Fail);
         assert_eq!(row(&reply, "5.25", "worker").outcome, Outcome::Pass);
     }
@@ -166,7 +224,7 @@ command = ["/bin/worker"]
         let plan = write_bundles(image.path());
         std::fs::remove_dir_all(image.path().join("worker")).unwrap();
 
-        let reply = audit_bundles(&plan.services, run.path(), image.path());
+        let reply = audit_bundles(&plan.services, run.path(), image.path(), &enforced());
         assert_eq!(reply.unaudited.len(), 1, "{reply:?}");
         assert_eq!(reply.unaudited[0].service, "worker");
         assert!(reply.unaudited[0].error.contains("worker/config.json"), "{}", reply.unaudited[0].error);

@@ -10,6 +10,7 @@
 //! back to the other slot. Stage 2 logs a failed phase and keeps running in
 //! a safe state.
 
+pub mod apparmor;
 pub mod audit;
 pub mod backoff;
 pub mod ban;

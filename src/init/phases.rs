@@ -25,7 +25,7 @@ pub struct PhaseSpec {
 
 /// Phases of stage 2 in order. `services` starts the supervisor; readiness
 /// and the boot blessing follow in the main loop.
-pub const STAGE2: [PhaseSpec; 12] = [
+pub const STAGE2: [PhaseSpec; 13] = [
     PhaseSpec { name: "plan", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "mounts", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "sysctl", on_failure: OnFailure::BlockServices },
@@ -38,6 +38,8 @@ pub const STAGE2: [PhaseSpec; 12] = [
     // those that list it.
     PhaseSpec { name: "secrets", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "network", on_failure: OnFailure::BlockServices },
+    // A service whose profile failed to load does not start; the others do.
+    PhaseSpec { name: "apparmor", on_failure: OnFailure::Continue },
     PhaseSpec { name: "services", on_failure: OnFailure::BlockServices },
     PhaseSpec { name: "bless", on_failure: OnFailure::Continue },
 ];
@@ -181,6 +183,7 @@ mod tests {
         assert!(position("secrets") < position("services"));
         assert!(position("storage") < position("network"));
         assert!(position("network") < position("services"));
+        assert!(position("apparmor") < position("services"));
         assert_eq!(names.last(), Some(&"bless"));
     }
 

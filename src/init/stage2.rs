@@ -20,7 +20,7 @@ use super::shutdown::{self, Shutdown};
 use super::signals::{self, Action, PowerButton};
 use super::status_server::StatusServer;
 use super::supervisor::Supervisor;
-use super::{cgroups, cmdline, logger, modules, mounts, network, secrets, storage, sysctl};
+use super::{apparmor, cgroups, cmdline, logger, modules, mounts, network, secrets, storage, sysctl};
 use super::{boottime_ms, monotonic_ms};
 use crate::status::{self, Status, StorageStatus};
 use crate::update::protocol::UpdateRequest;
@@ -268,6 +268,9 @@ impl Init {
                 self.phases.skip("network", "no appliance plan");
             }
         }
+
+        let services: Vec<String> = self.plan.iter().flat_map(|plan| &plan.services).map(|service| service.name.clone()).collect();
+        self.phases.run("apparmor", || apparmor::load_profiles(&services));
 
         self.start_services();
     }

@@ -539,7 +539,13 @@ impl Supervisor {
             HealthPlan::Command { command, timeout_ms } => {
                 let (argv, uid, gid) = match runner {
                     Runner::Container => (
-                        container::exec_argv(&service.plan.name, service.plan.uid, service.plan.gid, command),
+                        container::exec_argv(
+                            &service.plan.name,
+                            service.plan.uid,
+                            service.plan.gid,
+                            container::exec_apparmor_profile(&service.plan.name).as_deref(),
+                            command,
+                        ),
                         0,
                         0,
                     ),

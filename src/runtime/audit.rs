@@ -7,9 +7,11 @@
 //! reasons, from the definition (`ztms audit FILE`) or from the appliance
 //! plan (the `audit` request of the status API). A spec weakened by hand
 //! or by a bug therefore fails the item it breaks. Items that need Docker (daemon flags, image
-//! registries, `docker exec`) or an LSM profile (5.1 AppArmor, 5.2
-//! SELinux, which ztms does not use) are not listed.
+//! registries, `docker exec`) or SELinux (5.2, which ztms does not use)
+//! are not listed. Item 5.1 (AppArmor) checks the profile the spec names
+//! and, on the appliance, that the kernel has it loaded in enforce mode.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use oci_spec::runtime::{Capability, LinuxNamespaceType, LinuxSeccompAction, Spec};
 use serde::{Deserialize, Serialize};
 
+use super::apparmor::profile_name;
 use super::devices::device_grants;
 use super::policy::parse_capability;
 use super::resolve::NoImage;
@@ -52,6 +55,18 @@ pub struct AuditInput<'a> {
     /// The spec ztms-init runs for the service.
     pub spec: &'a Spec,
     pub restart: RestartFacts,
+    /// The AppArmor profiles the appliance's kernel has loaded; `None` in
+    /// an audit of a definition, which checks only the spec.
+    pub apparmor: Option<&'a AppArmorFacts>,
+}
+
+/// AppArmor as the appliance's kernel reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppArmorFacts {
+    /// True when the kernel runs AppArmor.
+    pub enabled: bool,
+    /// Loaded profiles and their modes (`enforce`, `complain`, ...).
+    pub profiles: BTreeMap<String, String>,
 }
 
 /// Facts of a service that its spec does not carry.
@@ -157,6 +172,7 @@ pub fn audit_definition(definition: &Definition) -> Result<Vec<AuditRow>, Runtim
             service: service.into(),
             spec,
             restart: RestartFacts::supervisor(),
+            apparmor: None,
         })
         .collect();
     Ok(audit(&inputs))
@@ -248,6 +264,10 @@ fn audit_service(input: &AuditInput<'_>, rows: &mut Vec<AuditRow>) {
         },
         Vec::new(),
     );
+
+    // 5.1: an AppArmor profile of the service's own, in force.
+    let (passed, detail) = apparmor_check(input);
+    row("5.1", "Enable an AppArmor profile", passed, detail, Vec::new());
 
     // 5.3: every capability named by an exception.
     let capability_exceptions: Vec<(Capability, String)> = input
@@ -692,6 +712,50 @@ fn is_resolver_file(mount: &oci_spec::runtime::Mount) -> bool {
         source.parent() == Some(Path::new(crate::net::resolv::RESOLV_DIR))
     });
     read_only && from_resolver_dir && mount.destination().file_name() == Some(std::ffi::OsStr::new("resolv.conf"))
+}
+
+/// Checks that the spec names the service's own AppArmor profile and, when
+/// the kernel's facts are known, that the profile is loaded in enforce mode.
+fn apparmor_check(input: &AuditInput<'_>) -> (bool, String) {
+    let expected = profile_name(input.service.name);
+    let named = input
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|process| process.apparmor_profile().clone())
+        .filter(|profile| !profile.is_empty());
+    let Some(profile) = named else {
+        return (
+            false,
+            format!("the spec names no AppArmor profile; set process.apparmorProfile to {expected} (bundle_spec does)"),
+        );
+    };
+    if profile != expected {
+        return (
+            false,
+            format!("the spec names profile {profile}, not the service's own; set process.apparmorProfile to {expected}"),
+        );
+    }
+    let Some(facts) = input.apparmor else {
+        return (true, format!("profile {profile}"));
+    };
+    if !facts.enabled {
+        return (
+            false,
+            format!("the kernel has no AppArmor, so {profile} is not applied; boot a kernel with AppArmor among its LSMs (lsm=...,apparmor)"),
+        );
+    }
+    match facts.profiles.get(&profile).map(String::as_str) {
+        Some("enforce") => (true, format!("profile {profile} loaded in enforce mode")),
+        Some(mode) => (
+            false,
+            format!("profile {profile} is loaded in {mode} mode; load it in enforce mode with apparmor_parser -r"),
+        ),
+        None => (
+            false,
+            format!("profile {profile} is not loaded; check the apparmor phase in the appliance's log"),
+        ),
+    }
 }
 
 fn is_bind(mount: &oci_spec::runtime::Mount) -> bool {

@@ -5,8 +5,9 @@
 //! appliance plan decides (rootfs, network namespace, cgroup, data and
 //! secrets), into an [`oci_spec::runtime::Spec`] with the default policy:
 //! read-only root, tmpfs `/tmp` and `/run`, an unprivileged user, no
-//! capabilities, `no_new_privileges`, a seccomp allowlist, masked kernel
-//! paths, cgroup limits and no host namespaces. Each exception comes from
+//! capabilities, `no_new_privileges`, a seccomp allowlist, an AppArmor
+//! profile ([`profile_text`]), masked kernel paths, cgroup limits and no
+//! host namespaces. Each exception comes from
 //! the service's `exceptions`, which carry a reason.
 //!
 //! Nothing here touches the kernel. Two parts read the filesystem because
@@ -15,6 +16,7 @@
 //! [`fill_device_grants`] can write its numbers into the spec. ztms-init
 //! writes the bundle and runs crun.
 
+mod apparmor;
 mod audit;
 mod devices;
 mod policy;
@@ -30,7 +32,8 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use audit::{audit, audit_definition, render_table, AuditInput, AuditRow, Outcome, RestartFacts, ServiceFacts};
+pub use apparmor::{profile_name, profile_text, PROFILE_FILE, PROFILE_PREFIX};
+pub use audit::{audit, audit_definition, AppArmorFacts, render_table, AuditInput, AuditRow, Outcome, RestartFacts, ServiceFacts};
 pub use devices::{fill_device_grants, DeviceGrant, DeviceKind, DeviceNode, DEVICE_GRANTS_ANNOTATION};
 pub use policy::{parse_capability, parse_exceptions, CapabilityGrant, Policy, TmpfsGrant};
 pub use resolve::{resolve_in_rootfs, Entry, NoImage, Resolved, RootfsDir, RootfsTree};

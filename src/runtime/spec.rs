@@ -10,6 +10,7 @@ use oci_spec::runtime::{
     Spec, SpecBuilder, UserBuilder,
 };
 
+use super::apparmor::profile_name;
 use super::devices::DEVICE_GRANTS_ANNOTATION;
 use super::policy::{container_path, parse_exceptions, Policy};
 use super::resolve::{resolve_in_rootfs, RootfsTree};
@@ -120,6 +121,7 @@ pub fn bundle_spec(input: &ServiceInput<'_>, tree: &dyn RootfsTree) -> Result<Sp
         .capabilities(process_capabilities)
         .rlimits(vec![nofile])
         .no_new_privileges(true)
+        .apparmor_profile(profile_name(name))
         .oom_score_adj(OOM_SCORE_ADJ)
         .build()
         .map_err(oci_error)?;

@@ -90,6 +90,7 @@ fn audit_one(service: &Service, spec: &Spec) -> Vec<AuditRow> {
         service: service.into(),
         spec,
         restart: RestartFacts::supervisor(),
+        apparmor: None,
     }])
 }
 
@@ -787,6 +788,7 @@ fn audit_fails_unbounded_restarts() {
             max_restarts: None,
             max_delay: std::time::Duration::ZERO,
         },
+        apparmor: None,
     }]);
     assert_eq!(failed_items(&rows), ["5.14"]);
 }
@@ -860,4 +862,20 @@ fn audit_fails_writable_secret() {
     }
     let failed = failed_items(&audit_one(&service, &spec));
     assert!(failed.iter().any(|item| item == "4.10"), "{failed:?}");
+}
+
+#[test]
+fn audit_fails_spec_without_apparmor_profile() {
+    let service = service(TYPICAL);
+    let mut spec = spec_for(&service);
+    assert!(failed_items(&audit_one(&service, &spec)).is_empty());
+
+    spec.process_mut().as_mut().unwrap().set_apparmor_profile(None);
+    let rows = audit_one(&service, &spec);
+    assert_eq!(failed_items(&rows), ["5.1"]);
+    let row = rows.iter().find(|row| row.item == "5.1").unwrap();
+    assert!(row.detail.contains("ztms-jellyfin"), "{row:?}");
+
+    spec.process_mut().as_mut().unwrap().set_apparmor_profile(Some("unconfined".into()));
+    assert_eq!(failed_items(&audit_one(&service, &spec)), ["5.1"]);
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::Spec;
 
-use crate::init::netns;
+use crate::init::{apparmor, netns};
 use crate::runtime::{self, DeviceNode};
 use crate::status::SecurityFacts;
 
@@ -40,7 +40,7 @@ const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
 /// bundle directory: the service's network namespace with `lo` up, its
 /// volume directories on `/data`, its resolver file, a stale container of
 /// the same name removed, and `config.json` with the device grants filled
-/// in.
+/// in and its AppArmor profile checked to be in force.
 pub fn prepare(name: &str) -> Result<PathBuf, String> {
     let namespace = netns::create(name).map_err(|error| error.to_string())?;
     netns::run_in(&namespace, || crate::init::network::set_up("lo"))
@@ -50,6 +50,7 @@ pub fn prepare(name: &str) -> Result<PathBuf, String> {
     let source = Path::new(runtime::BUNDLES_DIR).join(name).join("config.json");
     let mut spec = Spec::load(&source).map_err(|error| format!("reading the bundle spec {} failed: {error}", source.display()))?;
     runtime::fill_device_grants(&mut spec, name, DeviceNode::stat).map_err(|error| error.to_string())?;
+    apparmor::prepare_spec(name, &mut spec)?;
     if let Some(root) = spec.root_mut() {
         if root.path() == Path::new("/") {
             bind_root()?;
@@ -179,8 +180,9 @@ pub fn run_argv(name: &str, bundle: &Path) -> Vec<String> {
 }
 
 /// Returns the command line that runs `command` inside the running
-/// container `name` as `uid:gid`, under the container's policy.
-pub fn exec_argv(name: &str, uid: u32, gid: u32, command: &[String]) -> Vec<String> {
+/// container `name` as `uid:gid`, under the container's policy and, when
+/// `apparmor_profile` is set, under that AppArmor profile.
+pub fn exec_argv(name: &str, uid: u32, gid: u32, apparmor_profile: Option<&str>, command: &[String]) -> Vec<String> {
     let mut argv: Vec<String> = vec![
         CRUN.into(),
         "--root".into(),
@@ -188,10 +190,19 @@ pub fn exec_argv(name: &str, uid: u32, gid: u32, command: &[String]) -> Vec<Stri
         "exec".into(),
         "--user".into(),
         format!("{uid}:{gid}"),
-        name.into(),
     ];
+    if let Some(profile) = apparmor_profile {
+        argv.push(format!("--apparmor={profile}"));
+    }
+    argv.push(name.into());
     argv.extend(command.iter().cloned());
     argv
+}
+
+/// Returns the AppArmor profile that a `crun exec` in container `name`
+/// runs under: the service's own, or none on a kernel without AppArmor.
+pub fn exec_apparmor_profile(name: &str) -> Option<String> {
+    apparmor::kernel_has_apparmor().then(|| runtime::profile_name(name))
 }
 
 /// Returns the container's main process: the child of the `crun run`
@@ -239,13 +250,30 @@ pub fn parse_security(pid: i32, status: &str) -> Option<SecurityFacts> {
         seccomp: number("Seccomp")?,
         uid: ids(status_field(status, "Uid")?)?,
         gid: ids(status_field(status, "Gid")?)?,
+        apparmor: None,
     })
 }
 
 /// Reads the security facts of process `pid`.
 pub fn security(pid: i32) -> Option<SecurityFacts> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_security(pid, &status)
+    let mut facts = parse_security(pid, &status)?;
+    facts.apparmor = apparmor_label(pid);
+    Some(facts)
+}
+
+/// Returns the AppArmor label of process `pid`. Linux 5.1 and later have
+/// `attr/apparmor/current`, which names AppArmor's label even when another
+/// LSM owns `attr/current`.
+fn apparmor_label(pid: i32) -> Option<String> {
+    if !apparmor::kernel_has_apparmor() {
+        return None;
+    }
+    ["attr/apparmor/current", "attr/current"].iter().find_map(|file| {
+        let text = fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+        let label = text.trim_end_matches(['\n', '\0']).trim();
+        (!label.is_empty()).then(|| label.to_string())
+    })
 }
 
 /// Returns VmRSS of process `pid` in KiB.
@@ -291,7 +319,13 @@ mod tests {
 
     #[test]
     fn exec_runs_as_service_user() {
-        let argv = exec_argv("web", 1000, 1001, &["/bin/true".into()]);
+        let argv = exec_argv("web", 1000, 1001, None, &["/bin/true".into()]);
         assert_eq!(argv[3..], ["exec", "--user", "1000:1001", "web", "/bin/true"]);
+    }
+
+    #[test]
+    fn exec_names_apparmor_profile() {
+        let argv = exec_argv("web", 1000, 1001, Some("ztms-web"), &["/bin/true".into()]);
+        assert_eq!(argv[3..], ["exec", "--user", "1000:1001", "--apparmor=ztms-web", "web", "/bin/true"]);
     }
 }
