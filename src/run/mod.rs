@@ -129,6 +129,12 @@ fn resolve_image(args: &RunArgs) -> Result<PathBuf, String> {
 
 /// Runs `ztms run`.
 pub fn execute(args: RunArgs) -> Result<ExitCode, String> {
+    // A shell starts a background job with SIGINT ignored, and the
+    // children inherit that; Ctrl-C and `kill -INT` must still end ztms.
+    // SAFETY: the default disposition runs no handler code of ours.
+    if let Err(error) = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigDfl) } {
+        eprintln!("ztms: restoring the default action of SIGINT failed: {error}");
+    }
     let image = resolve_image(&args)?;
     let (accel, reason) = accel::detect();
     eprintln!("ztms: using {accel}: {reason}");
