@@ -1,14 +1,14 @@
 //! Update benchmark: apply time against bundle size. It builds
 //! `images/test-update-v1.toml`, and `images/test-update-v2.toml` once per
 //! size with that many MiB of random bytes added to its root (random, so
-//! EROFS cannot compress them). It boots v1 once, then sends each v2 bundle
-//! over the status port without rebooting, and prints one row per bundle:
-//! its size, the time to verify it, the raw write of the root image, the
-//! read-back, and the whole apply.
+//! EROFS cannot compress them). It boots v1 once and sends each v2 bundle
+//! over the status port without rebooting. Each bundle gets one row: its
+//! size, the verify time, the raw write of the root image, the read-back
+//! and the whole apply.
 //!
 //! Run: cargo build --release && cargo run --release --example update -- [MIB...]
-//! (default sizes 0 32 64; the 256 MiB root slot of the test images takes
-//! about 90 MiB more at most).
+//! The default sizes are 0, 32 and 64. The 256 MiB root slot of the test
+//! images leaves room for about 80 MiB more.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
