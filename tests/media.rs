@@ -10,6 +10,11 @@
 //! probe, which the default image must not carry. They boot a variant that
 //! the test writes from `images/media-server.toml` with a `[debug]` table
 //! added, so the services and the network plan are the default image's.
+//!
+//! QEMU's user network gives every host connection the one address
+//! 10.0.2.2, so the test of a second client during a ban boots another
+//! variant, whose uplink has a static address on a tap in a host network
+//! namespace where the test adds two client addresses.
 
 mod harness;
 
@@ -17,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{boot, boot_with_forwards, free_port, http_reply, image, image_of_definition, postgres_login, probe, ProbeRequest};
+use harness::lan::HostLan;
+use harness::{boot, boot_on_lan, boot_with_forwards, free_port, http_reply, image, image_of_definition, postgres_login, probe, ProbeRequest};
 use ztms::config::Proto;
 use ztms::net::NetworkPlan;
 use ztms::run::vm::Forward;
@@ -46,6 +52,11 @@ fn curl(port: u16, path: &str, args: &[&str]) -> Reply {
         .arg(&url)
         .output()
         .expect("run curl");
+    reply_of(&output)
+}
+
+/// Returns the reply of a curl run with `--write-out "\n%{http_code}"`.
+fn reply_of(output: &std::process::Output) -> Reply {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
     Reply {
@@ -310,4 +321,85 @@ fn other_secret_of(path: &Path, secret: &str) -> String {
         .find(|candidate| candidate.as_str() != secret)
         .unwrap_or_else(|| panic!("{} has no secret besides {secret}", path.display()))
         .clone()
+}
+
+/// The host end of the test LAN, the appliance's uplink on it, and the
+/// uplink's address without its prefix length.
+const LAN_HOST: &str = "192.168.77.1/24";
+const LAN_GATEWAY: &str = "192.168.77.1";
+const LAN_APPLIANCE: &str = "192.168.77.2/24";
+const LAN_APPLIANCE_ADDRESS: &str = "192.168.77.2";
+/// Two clients on the test LAN: A fails to log in, B does not.
+const CLIENT_A: &str = "192.168.77.10";
+const CLIENT_B: &str = "192.168.77.11";
+/// Last byte of the MAC address of the appliance's LAN card.
+const APPLIANCE_MAC_SUFFIX: u8 = 2;
+
+/// Writes the default appliance with its uplink on the VM's second card
+/// (the tap of the test LAN, which has no DHCP server) with a static
+/// address, and returns the path of the written definition.
+fn lan_definition() -> PathBuf {
+    harness::derive_definition("media-server", "media-server-lan", |definition| {
+        let mut network = toml::Table::new();
+        network.insert("interface".into(), "eth1".into());
+        network.insert("ipv4".into(), LAN_APPLIANCE.into());
+        network.insert("gateway".into(), LAN_GATEWAY.into());
+        network.insert("dns".into(), toml::Value::Array(vec![LAN_GATEWAY.into()]));
+        definition.insert("network".into(), network.into());
+    })
+}
+
+/// Fetches the appliance's landing page with curl from `client`'s address
+/// inside the test LAN's namespace.
+fn curl_from(lan: &HostLan, client: &str, args: &[&str]) -> Reply {
+    let url = format!("https://{LAN_APPLIANCE_ADDRESS}/");
+    let mut curl_args = vec!["--interface", client, "--silent", "--insecure", "--max-time", "20", "--write-out", "\n%{http_code}"];
+    curl_args.extend_from_slice(args);
+    curl_args.push(&url);
+    let output = lan.command("curl", &curl_args).output().expect("run curl in the LAN namespace");
+    reply_of(&output)
+}
+
+#[test]
+fn ban_spares_second_client() {
+    let default = harness::repo().join("images/media-server.toml");
+    let definition = lan_definition();
+    let plan = plan_of(&definition);
+    let default_plan = plan_of(&default);
+    assert_eq!(plan.services, default_plan.services, "the LAN variant must have the default image's services");
+    assert_eq!(plan.flows, default_plan.flows, "the LAN variant must have the default image's matrix");
+    assert_eq!(plan.published, default_plan.published, "the LAN variant must publish the default image's ports");
+
+    let lan = HostLan::new(LAN_HOST);
+    lan.add_address(&format!("{CLIENT_A}/24"));
+    lan.add_address(&format!("{CLIENT_B}/24"));
+    let image = image_of_definition(&definition, &[]);
+    let mut vm = boot_on_lan("ban_spares_second_client", &image, lan.link(APPLIANCE_MAC_SUFFIX));
+    lan.attach();
+    vm.wait_for_console("(?m)^ztms-init: ready:", READY_TIMEOUT).unwrap();
+    let login = format!("admin:{}", web_password(&vm.console()));
+
+    let before = curl_from(&lan, CLIENT_B, &["--user", &login]);
+    assert_eq!(before.status, 200, "client B before the ban: exit {} {}", before.exit, before.body);
+
+    // Four failed logins from A get A banned, as in the test from the host.
+    let wrong = "admin:not-the-password";
+    for attempt in 1..=4 {
+        let reply = curl_from(&lan, CLIENT_A, &["--user", wrong]);
+        assert_eq!(reply.status, 401, "failed login {attempt} of client A: exit {}", reply.exit);
+    }
+    vm.wait_for_console(&format!("ban: client {CLIENT_A} banned"), Duration::from_secs(30)).unwrap();
+    vm.wait_for_console(&format!("ban: client {CLIENT_A} added to set"), Duration::from_secs(30)).unwrap();
+
+    let banned = curl_from(&lan, CLIENT_A, &["--user", &login, "--max-time", "10"]);
+    eprintln!("client A after the ban: exit {}, status {}", banned.exit, banned.status);
+    assert_eq!(banned.status, 0, "banned client A got an answer");
+    assert_eq!(banned.exit, 28, "curl from client A should time out against the dropped connection");
+
+    let spared = curl_from(&lan, CLIENT_B, &["--user", &login]);
+    eprintln!("client B while A is banned: exit {}, status {}", spared.exit, spared.status);
+    assert_eq!(spared.status, 200, "client B while A is banned: exit {} {}", spared.exit, spared.body);
+    assert!(spared.body.contains("ztms media server"), "client B's landing page: {}", spared.body);
+    assert!(!vm.console().contains(&format!("ban: client {CLIENT_B} ")), "client B was banned too");
+    vm.kill();
 }
