@@ -293,8 +293,8 @@ fn postgres_reached_only_by_allowed_services() {
         logged_in.push((source.name.clone(), request.port));
     }
 
-    // Another secret of the appliance is the wrong password, and the
-    // server rejects it: the login above was checked.
+    // Another secret of the appliance is a wrong password, which the
+    // server must reject, so the login above was really checked.
     let (service, port) = logged_in.first().expect("at least one allowed login").clone();
     let other_secret = other_secret_of(&default, &password_secret);
     let reply = postgres_login(&vm, &service, postgres.address, port, &other_secret);
