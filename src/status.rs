@@ -658,7 +658,9 @@ mod tests {
 
 /// Request prefix of a connection probe, served by test images with
 /// `[debug] probe = true`:
-/// `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read]`.
+/// `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read | postgres SECRET]`.
+/// With `postgres SECRET` the probe logs in to PostgreSQL as `postgres`
+/// with the password in `/data/secrets/SECRET` and runs one query.
 pub const PROBE_REQUEST: &str = "probe";
 
 /// Result of one connection probe made from inside a service's network
@@ -678,6 +680,10 @@ pub struct ProbeReply {
     /// Bytes received by a `read` probe, which reads until the peer closes.
     #[serde(default)]
     pub bytes: Option<u64>,
+    /// Result of a `postgres` probe's query: the client address that
+    /// PostgreSQL saw the login come from.
+    #[serde(default)]
+    pub query_result: Option<String>,
 }
 
 /// Observed result of a probe.

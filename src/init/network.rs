@@ -34,6 +34,7 @@
 pub mod ban_set;
 pub mod isolate;
 pub mod links;
+pub mod postgres_login;
 pub mod probe;
 pub mod resolv;
 pub mod wireguard;

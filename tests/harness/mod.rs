@@ -69,8 +69,12 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
 
 /// Builds `images/<name>.toml` into `out` with the test cache.
 pub fn build_into(name: &str, out: &Path) -> Result<ztms::build::BuildReport, ztms::build::BuildError> {
-    let definition = repo().join("images").join(format!("{name}.toml"));
-    let loaded = ztms::config::load(&definition)?;
+    build_definition_into(&repo().join("images").join(format!("{name}.toml")), out)
+}
+
+/// Builds the definition at `definition` into `out` with the test cache.
+pub fn build_definition_into(definition: &Path, out: &Path) -> Result<ztms::build::BuildReport, ztms::build::BuildError> {
+    let loaded = ztms::config::load(definition)?;
     let options = ztms::build::BuildOptions {
         out_dir: out.to_path_buf(),
         cache_dir: ztms::run::default_cache_dir(),
@@ -89,26 +93,61 @@ pub fn image(name: &str) -> PathBuf {
 /// Returns the raw image of `images/<name>.toml` like [`image`], rebuilt
 /// whenever one of the `extra` input files changes too.
 pub fn image_with_inputs(name: &str, extra: &[&Path]) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    image_of_definition(&repo().join("images").join(format!("{name}.toml")), extra)
+}
+
+/// Returns the raw image of the definition at `definition`, which may lie
+/// outside `images/` (see [`derive_definition`]), built once per set of
+/// inputs like [`image_with_inputs`].
+pub fn image_of_definition(definition: &Path, extra: &[&Path]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.get(name) {
+    if let Some(path) = built.get(definition) {
         return path.clone();
     }
-    let definition = repo().join("images").join(format!("{name}.toml"));
-    let out = scratch().join("images").join(format!("{name}-{}", input_hash(&definition, extra)));
+    let stem = definition.file_stem().expect("definition file name").to_string_lossy().into_owned();
+    let out = scratch().join("images").join(format!("{stem}-{}", input_hash(definition, extra)));
     // The raw image is named after the appliance, which may differ from
     // the definition's file name (test-update-v2.toml builds test-update).
-    let loaded = ztms::config::load(&definition).expect("load test definition");
+    let loaded = ztms::config::load(definition).expect("load test definition");
     let raw = out.join(format!("{}.raw", loaded.definition.image.name.get_ref()));
     if !raw.exists() {
-        eprintln!("building {name} into {}", out.display());
-        if let Err(error) = build_into(name, &out) {
-            panic!("building {name} failed: {error}");
+        eprintln!("building {} into {}", definition.display(), out.display());
+        if let Err(error) = build_definition_into(definition, &out) {
+            panic!("building {} failed: {error}", definition.display());
         }
     }
-    built.insert(name.to_string(), raw.clone());
+    built.insert(definition.to_path_buf(), raw.clone());
     raw
+}
+
+/// Writes a variant of `images/<base>.toml` to
+/// `target/ztms-tests/definitions/<variant>.toml` and returns its path.
+/// `edit` changes the parsed definition, for example to add a `[debug]`
+/// table. Overlay paths become absolute so that they still point into
+/// `overlays/` from the scratch directory. Everything that `edit` leaves
+/// alone comes from the base file, so the variant follows its changes.
+pub fn derive_definition(base: &str, variant: &str, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
+    let base_path = repo().join("images").join(format!("{base}.toml"));
+    let text = std::fs::read_to_string(&base_path).unwrap_or_else(|e| panic!("reading {} failed: {e}", base_path.display()));
+    let mut table: toml::Table = text.parse().unwrap_or_else(|e| panic!("{} is not valid TOML: {e}", base_path.display()));
+
+    if let Some(toml::Value::Array(overlays)) = table.get_mut("base").and_then(|base| base.get_mut("overlays")) {
+        for overlay in overlays.iter_mut() {
+            let relative = overlay.as_str().expect("overlay paths are strings");
+            let absolute = base_path.parent().expect("images/ directory").join(relative);
+            *overlay = toml::Value::String(absolute.to_string_lossy().into_owned());
+        }
+    }
+    edit(&mut table);
+
+    let directory = scratch().join("definitions");
+    std::fs::create_dir_all(&directory).expect("create target/ztms-tests/definitions");
+    let path = directory.join(format!("{variant}.toml"));
+    let derived = toml::to_string(&table).expect("serialize the derived definition");
+    std::fs::write(&path, derived).unwrap_or_else(|e| panic!("writing {} failed: {e}", path.display()));
+    path
 }
 
 /// Returns the accelerator for this test run, probed once.
@@ -247,20 +286,35 @@ pub fn http_reply(port: u16) -> String {
 /// until the other end closes (`probe … read`), and returns the reply with
 /// the byte count.
 pub fn transfer(vm: &Vm, service: &str, address: std::net::Ipv4Addr, port: u16) -> ztms::status::ProbeReply {
+    let request = format!("probe {service} tcp {address} {port} read");
+    single_probe(vm, &request, service, address, port, Duration::from_secs(240))
+}
+
+/// Logs in to PostgreSQL at `address:port` from inside `service`'s
+/// namespace with the password in the appliance's `/data/secrets/SECRET`
+/// (`probe … postgres SECRET`), and returns the reply, whose `query_result` is
+/// the client address that PostgreSQL saw.
+pub fn postgres_login(vm: &Vm, service: &str, address: std::net::Ipv4Addr, port: u16, secret: &str) -> ztms::status::ProbeReply {
+    let request = format!("probe {service} tcp {address} {port} postgres {secret}");
+    single_probe(vm, &request, service, address, port, Duration::from_secs(60))
+}
+
+/// Sends one probe request and waits up to `timeout` for the reply from
+/// `service` to `address:port`. Run no other probe to the same target at
+/// the same time, because its reply would match too.
+fn single_probe(vm: &Vm, request: &str, service: &str, address: std::net::Ipv4Addr, port: u16, timeout: Duration) -> ztms::status::ProbeReply {
     use std::io::{BufRead, BufReader, Write};
 
     let mut stream = std::os::unix::net::UnixStream::connect(&vm.paths.status).expect("connect to the status port");
-    stream.set_read_timeout(Some(Duration::from_secs(240))).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    stream
-        .write_all(format!("probe {service} tcp {address} {port} read\n").as_bytes())
-        .expect("send the transfer request");
+    stream.write_all(format!("{request}\n").as_bytes()).expect("send the probe request");
     loop {
         let mut line = String::new();
-        let count = reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading the transfer reply failed: {e}"));
-        assert!(count > 0, "status port closed before the transfer reply");
+        let count = reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading the reply to {request:?} failed: {e}"));
+        assert!(count > 0, "status port closed before the reply to {request:?}");
         if let Ok(error) = serde_json::from_str::<ztms::status::ErrorReply>(&line) {
-            panic!("transfer request rejected: {}", error.error);
+            panic!("request {request:?} rejected: {}", error.error);
         }
         if let Ok(reply) = serde_json::from_str::<ztms::status::ProbeReply>(&line) {
             if reply.service == service && reply.address == address && reply.port == port {

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::super::netns;
+use super::postgres_login;
 use crate::net::NetworkPlan;
+use crate::runtime::{secret_path, valid_secret_name};
 use crate::status::{ProbeOutcome, ProbeReply, PROBE_REQUEST};
 
 /// How long a probe waits for a connection or a UDP reply.
@@ -25,6 +27,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// whole transfer may take.
 pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_TOTAL_TIMEOUT: Duration = Duration::from_secs(180);
+/// User, database and query of a `postgres` probe. The query returns the
+/// client address that the server saw, which shows where the login came from.
+const POSTGRES_USER: &str = "postgres";
+const POSTGRES_DATABASE: &str = "postgres";
+const POSTGRES_QUERY: &str = "SELECT host(inet_client_addr())";
 
 /// Service name and namespace path of every service, set once the network
 /// phase has created the namespaces of an image with the probe enabled.
@@ -51,6 +58,9 @@ pub struct ProbeRequest {
     pub source: Option<Ipv4Addr>,
     /// TCP only: read until the peer closes and report the byte count.
     pub read: bool,
+    /// TCP only: log in to PostgreSQL with the password in this secret of
+    /// `/data/secrets` and run [`POSTGRES_QUERY`].
+    pub postgres_secret: Option<String>,
 }
 
 /// Returns true when `line` is a probe request, valid or not.
@@ -58,17 +68,35 @@ pub fn is_probe(line: &str) -> bool {
     line.split_whitespace().next() == Some(PROBE_REQUEST)
 }
 
-/// Parses `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read]`, and
-/// checks that probes are enabled and that the service exists.
+/// Parses `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read | postgres SECRET]`,
+/// and checks that probes are enabled and that the service exists.
 pub fn parse(line: &str) -> Result<(ProbeRequest, PathBuf), String> {
-    let usage = "write: probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read]";
     let Some(targets) = TARGETS.get() else {
         return Err("probe requests are disabled; build the image with [debug] probe = true".into());
     };
+    let (request, service) = parse_words(line)?;
+    let Some((_, path)) = targets.iter().find(|(name, _)| *name == service) else {
+        return Err(format!("service {service:?} not found; the plan has no network namespace for it"));
+    };
+    Ok((request, path.clone()))
+}
+
+/// Parses the words of a probe request without looking at the services.
+fn parse_words(line: &str) -> Result<(ProbeRequest, String), String> {
+    let usage = "write: probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read | postgres SECRET]";
     let mut words: Vec<&str> = line.split_whitespace().collect();
     let read = words.last() == Some(&"read");
     if read {
         words.pop();
+    }
+    let mut postgres_secret = None;
+    if !read && words.len() >= 2 && words[words.len() - 2] == "postgres" {
+        let secret = words.pop().unwrap_or_default();
+        words.pop();
+        if !valid_secret_name(secret) {
+            return Err(format!("invalid secret name {secret:?}; {usage}"));
+        }
+        postgres_secret = Some(secret.to_string());
     }
     let (service, proto, address, port, source) = match words.as_slice() {
         [_, service, proto, address, port] => (*service, *proto, *address, *port, None),
@@ -80,8 +108,8 @@ pub fn parse(line: &str) -> Result<(ProbeRequest, PathBuf), String> {
         "udp" => true,
         _ => return Err(format!("invalid protocol {proto:?} in probe request; {usage}")),
     };
-    if udp && read {
-        return Err(format!("read works with tcp only; {usage}"));
+    if udp && (read || postgres_secret.is_some()) {
+        return Err(format!("read and postgres work with tcp only; {usage}"));
     }
     let address: Ipv4Addr = address.parse().map_err(|_| format!("invalid IPv4 address {address:?}; {usage}"))?;
     let port: u16 = match port.parse() {
@@ -92,21 +120,20 @@ pub fn parse(line: &str) -> Result<(ProbeRequest, PathBuf), String> {
         Some(text) => Some(text.parse().map_err(|_| format!("invalid source address {text:?}; {usage}"))?),
         None => None,
     };
-    let Some((_, path)) = targets.iter().find(|(name, _)| name == service) else {
-        return Err(format!("service {service:?} not found; the plan has no network namespace for it"));
-    };
     let request = ProbeRequest {
         service: service.to_string(),
         udp,
         target: SocketAddrV4::new(address, port),
         source,
         read,
+        postgres_secret,
     };
-    Ok((request, path.clone()))
+    Ok((request, service.to_string()))
 }
 
-/// Runs `request` inside the namespace at `path`. Blocks for at most
-/// about [`PROBE_TIMEOUT`], so call it off the main loop.
+/// Runs `request` inside the namespace at `path`. Blocks for about
+/// [`PROBE_TIMEOUT`] at most, and longer for `read` and `postgres` probes,
+/// so call it off the main loop.
 pub fn run(request: ProbeRequest, path: PathBuf) -> ProbeReply {
     let started = Instant::now();
     let mut reply = ProbeReply {
@@ -119,26 +146,49 @@ pub fn run(request: ProbeRequest, path: PathBuf) -> ProbeReply {
         detail: None,
         elapsed_ms: 0,
         bytes: None,
+        query_result: None,
+    };
+    // The secret is read before the thread enters the namespace. The
+    // password never appears in a reply or a log line.
+    let password = match &request.postgres_secret {
+        Some(secret) => match std::fs::read_to_string(secret_path(secret)) {
+            Ok(text) => Some(text.trim_end_matches('\n').to_string()),
+            Err(error) => {
+                reply.detail = Some(format!("reading secret {secret} failed: {error}"));
+                reply.elapsed_ms = started.elapsed().as_millis() as u64;
+                return reply;
+            }
+        },
+        None => None,
     };
     let result = netns::run_in(&path, move || {
         if request.udp {
-            (probe_udp(request.target, request.source), None)
+            ProbeResult { observation: probe_udp(request.target, request.source), bytes: None, query_result: None }
         } else {
-            probe_tcp(request.target, request.source, request.read)
+            probe_tcp(request.target, request.source, request.read, password.as_deref())
         }
     });
-    let ((outcome, detail), bytes) = match result {
-        Ok(outcome) => outcome,
-        Err(error) => ((ProbeOutcome::Failed, Some(error.to_string())), None),
-    };
-    reply.outcome = outcome;
-    reply.detail = detail;
-    reply.bytes = bytes;
+    let result = result.unwrap_or_else(|error| ProbeResult {
+        observation: (ProbeOutcome::Failed, Some(error.to_string())),
+        bytes: None,
+        query_result: None,
+    });
+    (reply.outcome, reply.detail) = result.observation;
+    reply.bytes = result.bytes;
+    reply.query_result = result.query_result;
     reply.elapsed_ms = started.elapsed().as_millis() as u64;
     reply
 }
 
 type Observation = (ProbeOutcome, Option<String>);
+
+/// What a probe observed, with the byte count of a `read` probe and the
+/// query result of a `postgres` probe.
+struct ProbeResult {
+    observation: Observation,
+    bytes: Option<u64>,
+    query_result: Option<String>,
+}
 
 fn socket(kind: Type, protocol: Protocol, source: Option<Ipv4Addr>) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, kind, Some(protocol))?;
@@ -152,25 +202,53 @@ fn socket(kind: Type, protocol: Protocol, source: Option<Ipv4Addr>) -> std::io::
     Ok(socket)
 }
 
-/// Connects, and with `read` receives until the peer closes. Returns the
-/// observation and, for `read`, the bytes received.
-fn probe_tcp(target: SocketAddrV4, source: Option<Ipv4Addr>, read: bool) -> (Observation, Option<u64>) {
+/// Connects, and with `read` receives until the peer closes, or with a
+/// `postgres_password` logs in and runs [`POSTGRES_QUERY`].
+fn probe_tcp(target: SocketAddrV4, source: Option<Ipv4Addr>, read: bool, postgres_password: Option<&str>) -> ProbeResult {
+    let observed = |observation| ProbeResult { observation, bytes: None, query_result: None };
     let socket = match socket(Type::STREAM, Protocol::TCP, source) {
         Ok(socket) => socket,
-        Err(error) => return ((ProbeOutcome::Failed, Some(format!("creating or binding the socket failed: {error}"))), None),
+        Err(error) => return observed((ProbeOutcome::Failed, Some(format!("creating or binding the socket failed: {error}")))),
     };
     if let Err(error) = socket.connect_timeout(&SocketAddr::from(target).into(), PROBE_TIMEOUT) {
-        return (classify(error), None);
+        return observed(classify(error));
+    }
+    if let Some(password) = postgres_password {
+        return query_postgres(socket, password);
     }
     if !read {
-        return ((ProbeOutcome::Connected, None), None);
+        return observed((ProbeOutcome::Connected, None));
     }
     let (received, error) = read_to_end(socket);
     let observation = match error {
         None => (ProbeOutcome::Connected, None),
         Some(error) => (ProbeOutcome::Failed, Some(format!("the transfer stopped after {received} bytes: {error}"))),
     };
-    (observation, Some(received))
+    ProbeResult { observation, bytes: Some(received), query_result: None }
+}
+
+/// Logs in to PostgreSQL on a connected socket and runs [`POSTGRES_QUERY`].
+/// A failed login is `Failed`, with the server's message as detail.
+fn query_postgres(socket: Socket, password: &str) -> ProbeResult {
+    let failed = |detail: String| ProbeResult { observation: (ProbeOutcome::Failed, Some(detail)), bytes: None, query_result: None };
+    let mut stream = std::net::TcpStream::from(socket);
+    let timeouts = stream
+        .set_read_timeout(Some(READ_IDLE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(READ_IDLE_TIMEOUT)));
+    if let Err(error) = timeouts {
+        return failed(format!("setting the socket timeouts failed: {error}"));
+    }
+
+    let mut nonce = [0u8; 18];
+    if let Err(error) = getrandom::fill(&mut nonce) {
+        return failed(format!("reading random bytes for the SCRAM nonce failed: {error}"));
+    }
+    let nonce = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, nonce);
+
+    match postgres_login::login_and_query(&mut stream, POSTGRES_USER, POSTGRES_DATABASE, password, POSTGRES_QUERY, &nonce) {
+        Ok(query_result) => ProbeResult { observation: (ProbeOutcome::Connected, None), bytes: None, query_result },
+        Err(error) => failed(format!("PostgreSQL login or query failed: {error}")),
+    }
 }
 
 /// Reads and discards until the peer closes the connection, and returns
@@ -245,6 +323,34 @@ mod tests {
         assert_eq!(classify(timeout).0, ProbeOutcome::Timeout);
         let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
         assert_eq!(classify(unreachable).0, ProbeOutcome::Unreachable);
+    }
+
+    #[test]
+    fn postgres_option_names_a_secret() {
+        let (request, service) = parse_words("probe postgres-exporter tcp 10.80.3.2 5432 postgres postgres-password").unwrap();
+        assert_eq!(service, "postgres-exporter");
+        assert_eq!(request.postgres_secret.as_deref(), Some("postgres-password"));
+        assert!(!request.read);
+        assert_eq!(request.target, SocketAddrV4::new(Ipv4Addr::new(10, 80, 3, 2), 5432));
+    }
+
+    #[test]
+    fn postgres_option_rejects_path_as_secret() {
+        let error = parse_words("probe web tcp 10.80.3.2 5432 postgres ../../etc/shadow").unwrap_err();
+        assert!(error.contains("invalid secret name"), "{error}");
+    }
+
+    #[test]
+    fn postgres_option_rejects_udp() {
+        let error = parse_words("probe web udp 10.80.3.2 5432 postgres postgres-password").unwrap_err();
+        assert!(error.contains("tcp only"), "{error}");
+    }
+
+    #[test]
+    fn plain_probe_has_no_secret() {
+        let (request, _) = parse_words("probe web tcp 10.80.3.2 5432 source 10.80.1.2").unwrap();
+        assert_eq!(request.postgres_secret, None);
+        assert_eq!(request.source, Some(Ipv4Addr::new(10, 80, 1, 2)));
     }
 
     #[test]
