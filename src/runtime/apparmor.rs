@@ -138,7 +138,10 @@ pub fn profile_text(service: &str, spec: &Spec) -> Result<String, RuntimeError> 
         line("network inet6 raw,".into());
         line("network packet,".into());
     } else {
-        line("audit deny network raw,".into());
+        // A bare `deny network raw` would also deny netlink's raw sockets
+        // (ss, ip), since deny rules win over the allow rules above.
+        line("audit deny network inet raw,".into());
+        line("audit deny network inet6 raw,".into());
         line("audit deny network packet,".into());
     }
 
@@ -402,8 +405,10 @@ secrets = ["api-key"]
     #[test]
     fn raw_sockets_need_net_raw() {
         let profile = profile_of(TYPICAL);
-        assert!(profile.contains("audit deny network raw,"), "{profile}");
+        assert!(profile.contains("audit deny network inet raw,"), "{profile}");
+        assert!(profile.contains("audit deny network inet6 raw,"), "{profile}");
         assert!(profile.contains("audit deny network packet,"), "{profile}");
+        assert!(!profile.contains("deny network raw,"), "a deny of every raw socket also denies netlink: {profile}");
         assert!(!allow_rules(&profile).iter().any(|rule| rule.contains(" raw,") && rule.contains("inet")), "{profile}");
 
         let granted = with_exceptions(r#"{ allow = "cap:NET_RAW", reason = "ping" }"#);

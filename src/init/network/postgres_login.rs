@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// Protocol version 3.0, as the startup message carries it.
@@ -164,48 +165,29 @@ fn client_final(password: &str, client_first_bare: &str, server_first: &str, cli
     // NOTE: SASLprep is left out, which is exact for ASCII passwords such
     // as the base64 secrets that ztms-init generates.
     let salted = salted_password(password.as_bytes(), &salt, iterations);
-    let client_key = hmac_sha256(&salted, b"Client Key");
+    let client_key = hmac_sha256(&salted, b"Client Key")?;
     let stored_key: [u8; 32] = Sha256::digest(client_key).into();
     // "biws" is base64 of "n,,": no channel binding, no authorization id.
     let without_proof = format!("c=biws,r={nonce}");
     let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-    let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes());
+    let client_signature = hmac_sha256(&stored_key, auth_message.as_bytes())?;
     let proof: Vec<u8> = client_key.iter().zip(client_signature).map(|(key, signature)| key ^ signature).collect();
-    let server_key = hmac_sha256(&salted, b"Server Key");
-    let server_signature = hmac_sha256(&server_key, auth_message.as_bytes());
+    let server_key = hmac_sha256(&salted, b"Server Key")?;
+    let server_signature = hmac_sha256(&server_key, auth_message.as_bytes())?;
     Ok((format!("{without_proof},p={}", STANDARD.encode(proof)), server_signature))
 }
 
-/// PBKDF2 with HMAC-SHA-256 and one output block, the `Hi` function of RFC 5802.
+/// Returns the `Hi` function of RFC 5802: PBKDF2 with HMAC-SHA-256 and
+/// one output block.
 fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut first = salt.to_vec();
-    first.extend_from_slice(&1u32.to_be_bytes());
-    let mut block = hmac_sha256(password, &first);
-    let mut result = block;
-    for _ in 1..iterations {
-        block = hmac_sha256(password, &block);
-        for (byte, next) in result.iter_mut().zip(block) {
-            *byte ^= next;
-        }
-    }
-    result
+    pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password, salt, iterations)
 }
 
-/// HMAC (RFC 2104) over SHA-256, whose block is 64 bytes.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > block.len() {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|byte| byte ^ 0x36));
-    inner.update(message);
-    let mut outer = Sha256::new();
-    outer.update(block.map(|byte| byte ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+/// Returns HMAC-SHA-256 (RFC 2104) of `message` under `key`.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Result<[u8; 32], LoginError> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|error| LoginError::Protocol(format!("HMAC key rejected: {error}")))?;
+    mac.update(message);
+    Ok(mac.finalize().into_bytes().into())
 }
 
 fn write_message<S: Write>(stream: &mut S, kind: u8, body: &[u8]) -> Result<(), LoginError> {
@@ -274,7 +256,7 @@ mod tests {
 
     #[test]
     fn hmac_matches_rfc_4231_case_1() {
-        let mac = hmac_sha256(&[0x0b; 20], b"Hi There");
+        let mac = hmac_sha256(&[0x0b; 20], b"Hi There").unwrap();
         assert_eq!(hex::encode(mac), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
     }
 
