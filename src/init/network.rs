@@ -33,6 +33,7 @@
 
 pub mod ban_set;
 pub mod isolate;
+pub mod link_watch;
 pub mod links;
 pub mod probe;
 pub mod resolv;
@@ -42,7 +43,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::modules;
 use super::plan::AppliancePlan;
@@ -211,6 +212,54 @@ pub fn run_with_input(command: &mut Command, input: &str) -> Result<String, Stri
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs `command` like [`run_with_input`], from the main loop: it waits
+/// for this child only, on the thread that runs the reaper, so the reaper
+/// cannot take its exit status first. The command is killed after
+/// `timeout`. Its output must fit in a pipe buffer (64 KiB), because it is
+/// read after the exit.
+pub fn run_bounded(command: &mut Command, input: &str, timeout: Duration) -> Result<String, String> {
+    use std::io::Read;
+
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("starting {program} failed: {error}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // As in run_with_input, the exit status gives the reason of a
+        // program that closed its input early.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} timed out after {} s and was killed", timeout.as_secs()));
+            }
+            Err(error) => return Err(format!("waiting for {program} failed: {error}")),
+        }
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    if !status.success() {
+        let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+        return Err(format!("{program} exited with {status}: {}", lines.join("; ")));
+    }
+    Ok(stdout)
+}
+
 /// Writes `value` to the sysctl `key` of the calling thread's network
 /// namespace.
 pub fn write_sysctl(key: &str, value: &str) -> Result<(), String> {
@@ -251,4 +300,29 @@ pub fn set_up(name: &str) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_run_returns_output() {
+        let output = run_bounded(Command::new("/bin/sh").args(["-c", "cat; echo done"]), "input\n", Duration::from_secs(5));
+        assert_eq!(output.as_deref(), Ok("input\ndone\n"));
+    }
+
+    #[test]
+    fn bounded_run_reports_exit_status_and_stderr() {
+        let error = run_bounded(Command::new("/bin/sh").args(["-c", "echo broken >&2; exit 3"]), "", Duration::from_secs(5)).unwrap_err();
+        assert!(error.contains("exit status: 3: broken"), "{error}");
+    }
+
+    #[test]
+    fn bounded_run_kills_at_timeout() {
+        let started = Instant::now();
+        let error = run_bounded(&mut Command::new("/bin/sleep").arg("30"), "", Duration::from_millis(200)).unwrap_err();
+        assert!(error.contains("timed out"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
 }

@@ -69,6 +69,8 @@ struct Init {
     metrics: Option<MetricsServer>,
     /// The ban tracker of the service that `[ban]` names.
     ban: Option<BanSet>,
+    /// The check of the WireGuard interfaces, when the plan has any.
+    wireguard: Option<network::wireguard::DeviceWatch>,
     next_device_scan: Instant,
     ready: bool,
     ready_timeout_logged: bool,
@@ -156,6 +158,7 @@ impl Init {
             status_server: StatusServer::default(),
             metrics: None,
             ban: None,
+            wireguard: None,
             next_device_scan: now,
             ready: false,
             ready_timeout_logged: false,
@@ -261,6 +264,7 @@ impl Init {
                     Ok(())
                 });
                 self.metrics = network_plan.as_ref().and_then(start_metrics);
+                self.wireguard = network_plan.as_ref().and_then(|plan| network::wireguard::DeviceWatch::new(plan, Instant::now()));
             }
             None => {
                 self.phases.skip("storage", "no appliance plan");
@@ -390,6 +394,9 @@ impl Init {
         self.run_update();
         self.reap(now);
         self.supervisor.tick(now);
+        if let Some(wireguard) = self.wireguard.as_mut().filter(|_| self.shutdown.is_none()) {
+            wireguard.check(now);
+        }
         self.status_server.expire(now);
         if let Some(metrics) = &mut self.metrics {
             metrics.expire(now);
@@ -477,6 +484,7 @@ impl Init {
             self.status_server.next_deadline(),
             self.metrics.as_ref().and_then(MetricsServer::next_deadline),
             self.shutdown.as_ref().and_then(Shutdown::deadline),
+            self.wireguard.as_ref().map(network::wireguard::DeviceWatch::next_deadline),
         ];
         let wait = deadlines
             .into_iter()

@@ -77,12 +77,18 @@ pub fn create_service_link(service: &ServiceNetwork) -> Result<(), String> {
 /// inside the named namespace when `netns` is set. `ip` stops at the first
 /// failing line and names it.
 pub fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), String> {
+    run_with_input(&mut ip_batch_command(netns), commands).map(drop)
+}
+
+/// Returns the `ip -batch -` command of [`ip_batch`], which reads its
+/// commands from standard input.
+pub fn ip_batch_command(netns: Option<&str>) -> Command {
     let mut command = Command::new(IP);
     if let Some(name) = netns {
         command.args(["-n", name]);
     }
     command.args(["-batch", "-"]);
-    run_with_input(&mut command, commands).map(drop)
+    command
 }
 
 /// Brings up the uplink with its address and default route, and returns
