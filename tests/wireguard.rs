@@ -5,11 +5,10 @@
 //! What each side may reach is computed from the definitions' network
 //! plans, not listed here. The run first checks the kill switch while the
 //! VPN endpoint is down at boot, then the peer's matrix through wg-remote
-//! and transfers of several megabytes both ways (MTU and MSS clamping,
-//! with the MSS of a SYN through wg-vpn read on the peer with `ss`).
-//! Last come the tunnel going down and up without a service restart,
-//! `wg-vpn` deleted inside the appliance and re-created by ztms-init, and
-//! `isolate`. DNS of the egress=vpn service goes to the tunnel's DNS
+//! and transfers of several megabytes both ways, `wg-vpn` deleted inside
+//! the appliance and re-created by ztms-init, MTU and MSS clamping (with
+//! the MSS of a SYN through wg-vpn read on the peer with `ss`). Last come
+//! the tunnel going down and up without a service restart, and `isolate`. DNS of the egress=vpn service goes to the tunnel's DNS
 //! server only. A capture of the appliance's LAN link over the whole run
 //! must contain WireGuard and ARP only.
 //! It prints the throughput through both tunnels, and between two
@@ -352,45 +351,6 @@ fn wireguard_between_two_appliances() {
     assert_eq!(through_vpn.outcome, ProbeOutcome::Connected, "download through the tunnel: {through_vpn:?}");
     measure(&vm, "download to mirror through wg-vpn", "download", mirror.address, 9000);
 
-    // MSS clamping: the SYN that left the appliance by wg-vpn carried an
-    // MSS that fits the tunnel's MTU (less 20 bytes of IPv4 and 20 of TCP
-    // header). mirror's sending MSS is that value less 12 bytes of TCP
-    // timestamps; without clamping it would come from download's
-    // 1500-byte link and be 1448.
-    let vpn_mtu = u32::from(appliance.vpn.as_ref().unwrap().device.mtu);
-    let line = peer_vm.wait_for_console(r"(?m)mirror: mss-check: mss:\d+", Duration::from_secs(30)).unwrap();
-    let mss: u32 = line
-        .rsplit("mss:")
-        .next()
-        .and_then(|digits| digits.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no MSS in {line:?}"));
-    eprintln!("MSS of the first connection through wg-vpn (MTU {vpn_mtu}): {mss} at mirror, so {} or less in the SYN", vpn_mtu - 40);
-    assert!(mss + 40 <= vpn_mtu, "mirror sends segments of {mss} bytes, more than wg-vpn's MTU {vpn_mtu} allows");
-    assert!(mss >= vpn_mtu - 40 - 12, "MSS {mss} is lower than clamping to MTU {vpn_mtu} gives");
-
-    // DNS through the tunnel: a query to the tunnel's DNS server reaches
-    // it, and nothing listens there, so the ICMP port unreachable comes
-    // back as "refused". The uplink's resolver stays out of reach.
-    let query = probe(&vm, &[dns("download", mirror.address)]).remove(0);
-    assert_eq!(query.outcome, ProbeOutcome::Refused, "DNS query to the tunnel's DNS server: {query:?}");
-    let uplink_query = probe(&vm, &[dns("download", Ipv4Addr::new(192, 168, 77, 1))]).remove(0);
-    assert_eq!(uplink_query.outcome, ProbeOutcome::Timeout, "DNS query to the uplink's resolver: {uplink_query:?}");
-    let leak = probe(&vm, &[tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000)]).remove(0);
-    assert!(!reached(&leak), "download reached the provider's LAN address outside the tunnel: {leak:?}");
-
-    // The tunnel goes down (the LAN cable is pulled) and comes back; the
-    // download service gets its connectivity back with the same process.
-    let before = service_run(&vm, "download");
-    vm.monitor("set_link lan0 off").unwrap();
-    let down = probe(&vm, &[tcp("download", mirror.address, 9000)]).remove(0);
-    assert!(!reached(&down), "download reached the mirror with the tunnel down: {down:?}");
-    let query_down = probe(&vm, &[dns("download", mirror.address)]).remove(0);
-    assert!(!reached(&query_down), "a DNS query reached the tunnel's DNS server with the tunnel down: {query_down:?}");
-    vm.monitor("set_link lan0 on").unwrap();
-    let back = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
-    assert_eq!(back.outcome, ProbeOutcome::Connected, "download after the tunnel came back: {back:?}");
-    assert_eq!(service_run(&vm, "download"), before, "the download service was not restarted");
-
     // wg-vpn deleted inside the appliance: while it is gone, the tunnel
     // table's `unreachable default` rejects the download service's packets
     // and the firewall still drops them on the uplink. ztms-init checks the
@@ -431,6 +391,45 @@ fn wireguard_between_two_appliances() {
     let status = vm.status(Duration::from_secs(10)).unwrap();
     let vpn_status = status.wireguard.iter().find(|w| w.interface == VPN_INTERFACE).expect("wg-vpn in the status");
     assert_eq!(vpn_status.error, None, "status of the re-created wg-vpn");
+
+    // MSS clamping: the SYN that left the appliance by wg-vpn carried an
+    // MSS that fits the tunnel's MTU (less 20 bytes of IPv4 and 20 of TCP
+    // header). mirror's sending MSS is that value less 12 bytes of TCP
+    // timestamps; without clamping it would come from download's
+    // 1500-byte link and be 1448.
+    let vpn_mtu = u32::from(appliance.vpn.as_ref().unwrap().device.mtu);
+    let line = peer_vm.wait_for_console(r"(?m)mirror: mss-check: mss:\d+", Duration::from_secs(30)).unwrap();
+    let mss: u32 = line
+        .rsplit("mss:")
+        .next()
+        .and_then(|digits| digits.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MSS in {line:?}"));
+    eprintln!("MSS of the first connection through wg-vpn (MTU {vpn_mtu}): {mss} at mirror, so {} or less in the SYN", vpn_mtu - 40);
+    assert!(mss + 40 <= vpn_mtu, "mirror sends segments of {mss} bytes, more than wg-vpn's MTU {vpn_mtu} allows");
+    assert!(mss >= vpn_mtu - 40 - 12, "MSS {mss} is lower than clamping to MTU {vpn_mtu} gives");
+
+    // DNS through the tunnel: a query to the tunnel's DNS server reaches
+    // it, and nothing listens there, so the ICMP port unreachable comes
+    // back as "refused". The uplink's resolver stays out of reach.
+    let query = probe(&vm, &[dns("download", mirror.address)]).remove(0);
+    assert_eq!(query.outcome, ProbeOutcome::Refused, "DNS query to the tunnel's DNS server: {query:?}");
+    let uplink_query = probe(&vm, &[dns("download", Ipv4Addr::new(192, 168, 77, 1))]).remove(0);
+    assert_eq!(uplink_query.outcome, ProbeOutcome::Timeout, "DNS query to the uplink's resolver: {uplink_query:?}");
+    let leak = probe(&vm, &[tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000)]).remove(0);
+    assert!(!reached(&leak), "download reached the provider's LAN address outside the tunnel: {leak:?}");
+
+    // The tunnel goes down (the LAN cable is pulled) and comes back; the
+    // download service gets its connectivity back with the same process.
+    let before = service_run(&vm, "download");
+    vm.monitor("set_link lan0 off").unwrap();
+    let down = probe(&vm, &[tcp("download", mirror.address, 9000)]).remove(0);
+    assert!(!reached(&down), "download reached the mirror with the tunnel down: {down:?}");
+    let query_down = probe(&vm, &[dns("download", mirror.address)]).remove(0);
+    assert!(!reached(&query_down), "a DNS query reached the tunnel's DNS server with the tunnel down: {query_down:?}");
+    vm.monitor("set_link lan0 on").unwrap();
+    let back = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
+    assert_eq!(back.outcome, ProbeOutcome::Connected, "download after the tunnel came back: {back:?}");
+    assert_eq!(service_run(&vm, "download"), before, "the download service was not restarted");
 
     // The client configuration of the peer, with the appliance's public
     // key read from its status.
