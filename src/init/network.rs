@@ -8,6 +8,7 @@
 //! 3. the policy routing of egress=vpn services ([`wireguard`]);
 //! 4. the complete nftables ruleset, applied atomically with `nft -j -f -`;
 //! 5. the uplink: DHCP through busybox `udhcpc`, or the static address;
+//!    after the boot, [`dhcp`] keeps renewing a DHCP lease;
 //! 6. one resolver file per service under `/run/ztms/resolv` ([`resolv`]),
 //!    after the uplink because DHCP may supply the DNS servers;
 //! 7. the WireGuard interfaces, after the uplink because `wg` resolves the
@@ -32,7 +33,9 @@
 //! 127.0.0.1 keep working.
 
 pub mod ban_set;
+pub mod dhcp;
 pub mod isolate;
+pub mod lease;
 pub mod link_watch;
 pub mod links;
 pub mod probe;
@@ -76,9 +79,18 @@ const MODULES: &[&str] = &[
     "virtio_net",
 ];
 
-/// Brings up the networks of `plan` and returns the network plan it
-/// applied, or None when the image has no network file.
-pub fn run(plan: &AppliancePlan) -> Result<Option<NetworkPlan>, String> {
+/// Outcome of the network phase: the plan and the uplink's lease.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub plan: NetworkPlan,
+    /// The uplink's DHCP lease; None for a static address or when DHCP
+    /// gave no lease at boot.
+    pub lease: Option<links::Lease>,
+}
+
+/// Brings up the networks of `plan` and returns what it applied, or None
+/// when the image has no network file.
+pub fn run(plan: &AppliancePlan) -> Result<Option<Applied>, String> {
     set_up("lo").map_err(|error| format!("bringing up the loopback interface lo failed: {error}"))?;
     log::info!("loopback interface lo is up");
 
@@ -95,11 +107,11 @@ pub fn run(plan: &AppliancePlan) -> Result<Option<NetworkPlan>, String> {
     if network.probe {
         load_probe_modules();
     }
-    apply(&network.plan)?;
+    let lease = apply(&network.plan)?;
     if network.probe {
         probe::enable(&network.plan);
     }
-    Ok(Some(network.plan))
+    Ok(Some(Applied { plan: network.plan, lease }))
 }
 
 /// Kernel modules that only test images load: `ss -i` reads socket
@@ -120,7 +132,8 @@ fn load(path: &Path) -> Result<ApplianceNetwork, String> {
     serde_json::from_str(&text).map_err(|error| format!("invalid network plan {}: {error}", path.display()))
 }
 
-fn apply(plan: &NetworkPlan) -> Result<(), String> {
+/// Applies `plan` and returns the uplink's DHCP lease, if it has one.
+fn apply(plan: &NetworkPlan) -> Result<Option<links::Lease>, String> {
     match modules::load_by_name(MODULES) {
         Ok(failed) if failed.is_empty() => {}
         Ok(failed) => log::info!("network modules not loaded (built in or absent): {}", failed.join(", ")),
@@ -151,18 +164,19 @@ fn apply(plan: &NetworkPlan) -> Result<(), String> {
     apply_firewall(plan)?;
     isolate::enable(plan);
 
-    let lease_dns = match links::bring_up_uplink(&plan.uplink) {
-        Ok(servers) => servers,
+    let lease = match links::bring_up_uplink(&plan.uplink) {
+        Ok(lease) => lease,
         Err(error) => {
             log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
-            Vec::new()
+            None
         }
     };
+    let lease_dns = lease.as_ref().map(|lease| lease.dns.clone()).unwrap_or_default();
     resolv::write_all(plan, &lease_dns)?;
     if wireguard::is_used(plan) {
         wireguard::apply_devices(plan);
     }
-    Ok(())
+    Ok(lease)
 }
 
 /// Applies the complete ruleset in one `nft` transaction and logs its size

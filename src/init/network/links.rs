@@ -12,10 +12,10 @@ use crate::net::UDHCPC_SCRIPT_PATH;
 /// `ip` from Debian's iproute2 package.
 pub const IP: &str = "/usr/sbin/ip";
 /// busybox, whose `udhcpc` applet is the DHCP client.
-const BUSYBOX: &str = "/bin/busybox";
+pub const BUSYBOX: &str = "/bin/busybox";
 /// DHCP discover attempts and seconds between them before `udhcpc` gives up.
-const DHCP_TRIES: &str = "5";
-const DHCP_RETRY_SECS: &str = "1";
+pub const DHCP_TRIES: &str = "5";
+pub const DHCP_RETRY_SECS: &str = "1";
 /// How long the uplink may take to appear after its driver loads.
 const INTERFACE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -92,10 +92,9 @@ pub fn ip_batch_command(netns: Option<&str>) -> Command {
 }
 
 /// Brings up the uplink with its address and default route, and returns
-/// the DNS servers of its DHCP lease (none for a static address). Every
-/// error names the interface, the setting and the kernel's or the DHCP
-/// client's message.
-pub fn bring_up_uplink(uplink: &Uplink) -> Result<Vec<Ipv4Addr>, String> {
+/// its DHCP lease (None for a static address). Every error names the
+/// interface, the setting and the kernel's or the DHCP client's message.
+pub fn bring_up_uplink(uplink: &Uplink) -> Result<Option<Lease>, String> {
     let interface = &uplink.interface;
     let setting = match &uplink.ipv4 {
         UplinkIpv4::Dhcp => "ipv4 = \"dhcp\"".to_string(),
@@ -114,7 +113,7 @@ pub fn bring_up_uplink(uplink: &Uplink) -> Result<Vec<Ipv4Addr>, String> {
         },
         UplinkIpv4::Dhcp => dhcp_lease(interface).map_err(failed)?,
     };
-    let Lease { address, prefix, router: gateway, dns } = lease;
+    let Lease { address, prefix, router: gateway, ref dns } = lease;
     let commands = format!(
         "address add {address}/{prefix} dev {interface}\n\
          route add default via {gateway} dev {interface}\n"
@@ -124,8 +123,9 @@ pub fn bring_up_uplink(uplink: &Uplink) -> Result<Vec<Ipv4Addr>, String> {
     if uplink.ipv4 == UplinkIpv4::Dhcp {
         let servers: Vec<String> = dns.iter().map(Ipv4Addr::to_string).collect();
         log::info!("uplink {interface}: DNS servers of the lease: {}", if servers.is_empty() { "none".into() } else { servers.join(", ") });
+        return Ok(Some(lease));
     }
-    Ok(dns)
+    Ok(None)
 }
 
 /// Waits until the kernel has created `interface`: its driver's module
@@ -149,11 +149,9 @@ fn wait_for_interface(interface: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Asks for a DHCP lease on `interface`.
-///
-/// NOTE: `udhcpc` exits once it has the lease (`-q`), so nothing renews
-/// it: an uplink whose DHCP server enforces short leases loses the address
-/// when the lease ends.
+/// Asks for the boot's DHCP lease on `interface`. This `udhcpc` exits once
+/// it has the lease (`-q`); after the boot, [`super::dhcp`] runs the one
+/// that renews it.
 fn dhcp_lease(interface: &str) -> Result<Lease, String> {
     let output = run_with_input(
         Command::new(BUSYBOX).args([
