@@ -567,6 +567,9 @@ impl Init {
             log::info!("already {}; the new request is ignored", shutdown.action.announcement());
             return;
         }
+        if let Some(dhcp) = &mut self.dhcp {
+            dhcp.begin_shutdown();
+        }
         self.shutdown = Some(Shutdown::begin(action, &mut self.supervisor));
     }
 

@@ -59,6 +59,8 @@ pub struct DhcpClient {
     running: Option<Running>,
     backoff: Backoff,
     restart_at: Option<Instant>,
+    /// Set at shutdown, after which the client is not restarted.
+    shutting_down: bool,
 }
 
 impl DhcpClient {
@@ -75,6 +77,7 @@ impl DhcpClient {
             running: None,
             backoff: Backoff::default(),
             restart_at: None,
+            shutting_down: false,
         };
         client.spawn(now);
         client
@@ -128,8 +131,18 @@ impl DhcpClient {
         self.restart_at
     }
 
+    /// Stops restarts: the shutdown ends the client with every other
+    /// process.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        self.restart_at = None;
+    }
+
     /// Restarts the client when its backoff ended.
     pub fn tick(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
         if self.running.is_none() && self.restart_at.is_some_and(|at| at <= now) {
             self.spawn(now);
         }
@@ -221,6 +234,10 @@ impl DhcpClient {
         let Some(mut running) = self.running.take() else { return true };
         if let Some(rest) = running.buffer.finish() {
             self.handle_line(&rest);
+        }
+        if self.shutting_down {
+            log::info!("uplink {}: udhcpc {} at shutdown", self.interface, describe_exit(status));
+            return true;
         }
         log::warn!("uplink {}: udhcpc {}", self.interface, describe_exit(status));
         self.schedule_restart(now, now.saturating_duration_since(running.started));
