@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::{boot_on_lan, free_port, image, BOOT_TIMEOUT};
-use ztms::run::vm::LanLink;
+use ztms::run::vm::{LanBackend, LanLink};
 
 /// Last byte of the appliance VM's LAN MAC address.
 const APPLIANCE_MAC_SUFFIX: u8 = 10;
@@ -322,7 +322,7 @@ fn wait_for_syn_ack(writer: &Writer, replies: &Mutex<Replies>, target: Ipv4Addr,
 fn scan_shows_only_published_port() {
     let appliance_image = image("test-wg");
     let lan_port = free_port();
-    let mut vm = boot_on_lan("scan_appliance", &appliance_image, LanLink { port: lan_port, listen: true, mac_suffix: APPLIANCE_MAC_SUFFIX, capture: false });
+    let mut vm = boot_on_lan("scan_appliance", &appliance_image, LanLink { backend: LanBackend::Socket { port: lan_port, listen: true }, mac_suffix: APPLIANCE_MAC_SUFFIX, capture: false });
     vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
     let target = Ipv4Addr::new(192, 168, 77, 10);
 

@@ -23,7 +23,7 @@ use harness::{boot_on_lan, free_port, image, output_of, probe, transfer, ProbeRe
 use ztms::config::Proto;
 use ztms::net::wireguard::{key, REMOTE_INTERFACE, VPN_INTERFACE};
 use ztms::net::NetworkPlan;
-use ztms::run::vm::LanLink;
+use ztms::run::vm::{LanBackend, LanLink};
 use ztms::status::{DeleteLinkReply, ErrorReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST};
 
 /// Last byte of the appliance VM's LAN MAC address.
@@ -239,7 +239,7 @@ fn wireguard_between_two_appliances() {
     let lan_port = free_port();
 
     // The appliance boots alone: its VPN endpoint (the peer VM) is down.
-    let mut vm = boot_on_lan("wireguard_appliance", &appliance_image, LanLink { port: lan_port, listen: true, mac_suffix: APPLIANCE_MAC_SUFFIX, capture: true });
+    let mut vm = boot_on_lan("wireguard_appliance", &appliance_image, LanLink { backend: LanBackend::Socket { port: lan_port, listen: true }, mac_suffix: APPLIANCE_MAC_SUFFIX, capture: true });
     // The firmware's network driver sends IPv6 neighbour discovery and MLD
     // on the LAN before Linux starts. The capture check below skips frames
     // from before this point.
@@ -292,7 +292,7 @@ fn wireguard_between_two_appliances() {
         assert!(!reached(&reply), "download reached {}:{} with the VPN endpoint down: {reply:?}", reply.address, reply.port);
     }
 
-    let mut peer_vm = boot_on_lan("wireguard_peer", &peer_image, LanLink { port: lan_port, listen: false, mac_suffix: 20, capture: false });
+    let mut peer_vm = boot_on_lan("wireguard_peer", &peer_image, LanLink { backend: LanBackend::Socket { port: lan_port, listen: false }, mac_suffix: 20, capture: false });
     peer_vm.wait_for_console("(?m)^ztms-init: WireGuard wg-vpn: up", BOOT_TIMEOUT).unwrap();
     peer_vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
 

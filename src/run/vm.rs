@@ -85,8 +85,8 @@ pub struct VmConfig {
     /// Console on the terminal, keyboard included (`ztms run` without
     /// `--headless`).
     pub interactive: bool,
-    /// A second network card on a point-to-point link to another VM, for
-    /// LAN-side tests: one VM listens on a loopback port, the other connects.
+    /// A second network card on a LAN, for LAN-side tests: a
+    /// point-to-point link to another VM, or a tap device on the host.
     pub lan: Option<LanLink>,
     /// Keep the overlay of an earlier start in `state_dir`, so a second
     /// boot finds what the first one wrote (a power cycle).
@@ -96,17 +96,27 @@ pub struct VmConfig {
     pub extra_drives: Vec<PathBuf>,
 }
 
-/// One end of a virtual Ethernet link between two VMs, carried over a TCP
-/// connection on 127.0.0.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The second network card of a VM and what carries its frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LanLink {
-    pub port: u16,
-    pub listen: bool,
+    pub backend: LanBackend,
     /// Last byte of the card's MAC address, so two VMs differ.
     pub mac_suffix: u8,
     /// Record every frame of the link, both directions, in `lan.pcap` in
     /// the state directory (QEMU's filter-dump).
     pub capture: bool,
+}
+
+/// The transport of a [`LanLink`]'s frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LanBackend {
+    /// A TCP connection on 127.0.0.1 to another VM: one VM listens on
+    /// `port`, the other connects to it.
+    Socket { port: u16, listen: bool },
+    /// A tap device that QEMU creates in its own network namespace. The
+    /// caller may then move it into another namespace and bridge it there;
+    /// QEMU keeps its file descriptor.
+    Tap { name: String },
 }
 
 impl VmConfig {
@@ -166,8 +176,13 @@ pub fn qemu_args(config: &VmConfig, paths: &VmPaths) -> Vec<String> {
     push(&["-netdev", &netdev, "-device", &net_device]);
 
     if let Some(lan) = &config.lan {
-        let role = if lan.listen { "listen" } else { "connect" };
-        let netdev = format!("socket,id=lan0,{role}=127.0.0.1:{}", lan.port);
+        let netdev = match &lan.backend {
+            LanBackend::Socket { port, listen } => {
+                let role = if *listen { "listen" } else { "connect" };
+                format!("socket,id=lan0,{role}=127.0.0.1:{port}")
+            }
+            LanBackend::Tap { name } => format!("tap,id=lan0,ifname={name},script=no,downscript=no"),
+        };
         let device = format!("{},netdev=lan0,mac=52:54:00:12:35:{:02x}", machine.net_device, lan.mac_suffix);
         push(&["-netdev", &netdev, "-device", &device]);
         if lan.capture {
@@ -702,7 +717,7 @@ mod tests {
             disk_size: None,
             state_dir: "/tmp/vm".into(),
             interactive: false,
-            lan: Some(LanLink { port: 40000, listen: true, mac_suffix: 2, capture: true }),
+            lan: Some(LanLink { backend: LanBackend::Socket { port: 40000, listen: true }, mac_suffix: 2, capture: true }),
             keep_disk: false,
             extra_drives: vec!["key.img".into()],
         }
@@ -744,5 +759,16 @@ mod tests {
         assert!(args.contains("OVMF_CODE_4M.fd"), "{args}");
         assert!(args.contains("socket,id=lan0,listen=127.0.0.1:40000"), "{args}");
         assert!(args.contains("filter-dump,id=lan0dump,netdev=lan0,file=/tmp/vm/lan.pcap"), "{args}");
+    }
+
+    #[test]
+    fn tap_lan_runs_no_script() {
+        let mut config = config();
+        config.lan = Some(LanLink { backend: LanBackend::Tap { name: "ztms-lan0".into() }, mac_suffix: 3, capture: false });
+        let paths = VmPaths::new(Path::new("/tmp/vm"), "/tmp/vm/overlay.qcow2".into(), true);
+        let args = qemu_args(&config, &paths).join(" ");
+        assert!(args.contains("-netdev tap,id=lan0,ifname=ztms-lan0,script=no,downscript=no"), "{args}");
+        assert!(args.contains("netdev=lan0,mac=52:54:00:12:35:03"), "{args}");
+        assert!(!args.contains("filter-dump"), "{args}");
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod lan;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -200,6 +202,14 @@ pub fn boot_on_lan(test: &str, image: &Path, lan: ztms::run::vm::LanLink) -> Tes
     config.lan = Some(lan);
     let vm = Vm::start(&config, false).unwrap_or_else(|e| panic!("starting VM {test} failed: {e}"));
     TestVm { vm, name: test.to_string() }
+}
+
+/// Boots `image` like [`boot`], with a second network card on `lan`, a
+/// bridge in a host network namespace.
+pub fn boot_on_host_lan(test: &str, image: &Path, lan: &lan::HostLan, mac_suffix: u8) -> TestVm {
+    let vm = boot_on_lan(test, image, lan.link(mac_suffix));
+    lan.attach();
+    vm
 }
 
 /// Returns a free TCP port on 127.0.0.1 that no earlier call in this test
