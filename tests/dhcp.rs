@@ -9,14 +9,21 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{output_of, HostLan, TestVm, BOOT_TIMEOUT};
+use harness::lan::HostLan;
+use harness::{output_of, TestVm, BOOT_TIMEOUT};
 
 /// DNS servers that the DHCP option names before and after the change.
 const FIRST_DNS: &str = "192.168.77.53";
 const SECOND_DNS: &str = "192.168.77.54";
+/// Address of the host on the LAN, dnsmasq's address and the router that
+/// its leases name.
+const HOST_ADDRESS: &str = "192.168.77.1/24";
+/// Bridge of the host LAN, inside its namespace.
+const BRIDGE: &str = "br0";
+/// Last byte of the appliance VM's MAC address on the LAN.
+const MAC_SUFFIX: u8 = 10;
 /// dnsmasq's minimum lease time; udhcpc renews after half of it.
 const LEASE: &str = "2m";
 /// Time from the option change to the renewal that carries it: at most
@@ -29,17 +36,19 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq in `netns` on `bridge`, with the DNS option in
-    /// `opts_file`. It serves DHCP only (`--port=0`) and reads no
-    /// configuration file of the host.
-    fn start(netns: &str, bridge: &str, directory: &Path, opts_file: &Path) -> Self {
+    /// Starts dnsmasq on the bridge of `lan`, with the DNS option in
+    /// `opts_file`. It serves DHCP only (`--port=0`), reads no
+    /// configuration file of the host, and runs as a daemon with its own
+    /// pid file.
+    fn start(lan: &HostLan, directory: &Path, opts_file: &Path) -> Self {
         let pid_file = directory.join("dnsmasq.pid");
         let _ = std::fs::remove_file(&pid_file);
-        let output = Command::new("ip")
-            .args(["netns", "exec", netns, "dnsmasq"])
+        let output = lan
+            .command("dnsmasq", &[])
             .arg("--conf-file=/dev/null")
+            .arg("--user=root")
             .arg("--port=0")
-            .arg(format!("--interface={bridge}"))
+            .arg(format!("--interface={BRIDGE}"))
             .arg("--bind-interfaces")
             .arg(format!("--dhcp-range=192.168.77.100,192.168.77.150,255.255.255.0,{LEASE}"))
             .arg("--dhcp-authoritative")
@@ -100,14 +109,14 @@ fn service_run(vm: &TestVm, service: &str) -> (Option<i32>, u32) {
 #[test]
 fn renewal_rewrites_resolv_conf_in_place() {
     let image = harness::image("test-dhcp");
-    let lan = HostLan::new("dhcp");
+    let lan = HostLan::new(HOST_ADDRESS);
     let directory = harness::scratch().join("dhcp");
     std::fs::create_dir_all(&directory).unwrap();
     let opts_file = directory.join("dhcp-opts");
     write_dns_option(&opts_file, FIRST_DNS);
-    let dnsmasq = Dnsmasq::start(lan.netns(), lan.bridge(), &directory, &opts_file);
+    let dnsmasq = Dnsmasq::start(&lan, &directory, &opts_file);
 
-    let mut vm = harness::boot_on_host_lan("dhcp_renewal", &image, &lan);
+    let mut vm = harness::boot_on_host_lan("dhcp_renewal", &image, &lan, MAC_SUFFIX);
     let bound = vm.wait_for_console("(?m)^ztms-init: uplink eth1: 192\\.168\\.77\\.\\d+/24, default gateway 192\\.168\\.77\\.1.*", BOOT_TIMEOUT).unwrap();
     eprintln!("{}", bound.trim());
     vm.wait_for_console("(?m)^ztms-init: ready:", BOOT_TIMEOUT).unwrap();
