@@ -6,7 +6,8 @@
 //! connection; the virtio-serial port serves any number of requests.
 //! Besides `status`, the server takes `audit` ([`audit_unix`]),
 //! `isolate SERVICE` and `release SERVICE` ([`isolate_unix`]), the only
-//! requests that change the appliance, and in test images `probe` requests.
+//! requests that change the appliance, and in test images `probe` and
+//! `delete-link` requests.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -701,6 +702,19 @@ pub enum ProbeOutcome {
     Unreachable,
     /// The probe could not run, for example a bind to the source failed.
     Failed,
+}
+
+/// Request that deletes a WireGuard interface of the appliance, served by
+/// test images with `[debug] probe = true`: `delete-link INTERFACE`. Tests
+/// use it to check that ztms-init re-creates the interface.
+pub const DELETE_LINK_REQUEST: &str = "delete-link";
+
+/// Reply to a `delete-link` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteLinkReply {
+    pub interface: String,
+    /// True when the interface still exists after `ip link delete` ran.
+    pub present: bool,
 }
 
 /// Request that cuts a service off every network: `isolate SERVICE`.

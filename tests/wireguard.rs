@@ -5,10 +5,10 @@
 //! What each side may reach is computed from the definitions' network
 //! plans, not listed here. The run first checks the kill switch while the
 //! VPN endpoint is down at boot, then the peer's matrix through wg-remote
-//! and transfers of several megabytes both ways (MTU and MSS clamping,
-//! with the MSS of a SYN through wg-vpn read on the peer with `ss`).
-//! Last come the tunnel going down and up without a service restart, and
-//! `isolate`. DNS of the egress=vpn service goes to the tunnel's DNS
+//! and transfers of several megabytes both ways, `wg-vpn` deleted inside
+//! the appliance and re-created by ztms-init, MTU and MSS clamping (with
+//! the MSS of a SYN through wg-vpn read on the peer with `ss`). Last come
+//! the tunnel going down and up without a service restart, and `isolate`. DNS of the egress=vpn service goes to the tunnel's DNS
 //! server only. A capture of the appliance's LAN link over the whole run
 //! must contain WireGuard and ARP only.
 //! It prints the throughput through both tunnels, and between two
@@ -24,7 +24,7 @@ use ztms::config::Proto;
 use ztms::net::wireguard::{key, REMOTE_INTERFACE, VPN_INTERFACE};
 use ztms::net::NetworkPlan;
 use ztms::run::vm::{LanBackend, LanLink};
-use ztms::status::{ProbeOutcome, ProbeReply};
+use ztms::status::{DeleteLinkReply, ErrorReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST};
 
 /// Last byte of the appliance VM's LAN MAC address.
 const APPLIANCE_MAC_SUFFIX: u8 = 10;
@@ -195,6 +195,30 @@ fn frames_sent(pcap: &[u8], mac_suffix: u8, since: Duration) -> Sent {
     sent
 }
 
+/// Deletes `interface` inside the VM with a `delete-link` request, which
+/// images with `[debug] probe = true` serve.
+fn delete_link(vm: &TestVm, interface: &str) -> DeleteLinkReply {
+    use std::io::{BufRead, BufReader, Write};
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&vm.paths.status).expect("connect to the status port");
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    stream.write_all(format!("{DELETE_LINK_REQUEST} {interface}\n").as_bytes()).expect("send the delete-link request");
+    loop {
+        let mut line = String::new();
+        let count = reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading the delete-link reply failed: {e}"));
+        assert!(count > 0, "status port closed before the delete-link reply");
+        if let Ok(error) = serde_json::from_str::<ErrorReply>(&line) {
+            panic!("delete-link request rejected: {}", error.error);
+        }
+        if let Ok(reply) = serde_json::from_str::<DeleteLinkReply>(&line) {
+            if reply.interface == interface {
+                return reply;
+            }
+        }
+    }
+}
+
 /// Returns the process id and restart count of `service`.
 fn service_run(vm: &TestVm, service: &str) -> (Option<i32>, u32) {
     let status = vm.status(Duration::from_secs(10)).expect("status of the VM");
@@ -326,6 +350,47 @@ fn wireguard_between_two_appliances() {
     let through_vpn = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
     assert_eq!(through_vpn.outcome, ProbeOutcome::Connected, "download through the tunnel: {through_vpn:?}");
     measure(&vm, "download to mirror through wg-vpn", "download", mirror.address, 9000);
+
+    // wg-vpn deleted inside the appliance: while it is gone, the tunnel
+    // table's `unreachable default` rejects the download service's packets
+    // and the firewall still drops them on the uplink. ztms-init checks the
+    // interface every 5 s, so it may re-create it before the probes run;
+    // then they reach the mirror through the tunnel and the deletion is
+    // repeated.
+    let before = service_run(&vm, "download");
+    let mut observed_gone = None;
+    for attempt in 1..=3 {
+        let deleted = delete_link(&vm, VPN_INTERFACE);
+        assert!(!deleted.present, "wg-vpn still exists after delete-link: {deleted:?}");
+        let replies = probe(
+            &vm,
+            &[
+                tcp("download", mirror.address, 9000),
+                tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000),
+                dns("download", mirror.address),
+            ],
+        );
+        if replies[0].outcome == ProbeOutcome::Unreachable {
+            observed_gone = Some(replies);
+            break;
+        }
+        eprintln!("attempt {attempt}: wg-vpn was back before the probes ran ({:?}); deleting it again", replies[0]);
+        vm.wait_for_console("(?m)^ztms-init: WireGuard wg-vpn: re-created", Duration::from_secs(60)).unwrap();
+    }
+    let probes_while_deleted = observed_gone.expect("the probes ran while wg-vpn was deleted in one of 3 attempts");
+    for reply in &probes_while_deleted {
+        assert!(!reached(reply), "download reached {}:{} with wg-vpn deleted: {reply:?}", reply.address, reply.port);
+    }
+    let recreated = vm.wait_for_console("(?m)^ztms-init: WireGuard wg-vpn: re-created.*", Duration::from_secs(60)).unwrap();
+    eprintln!("{}", recreated.trim());
+    let again = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
+    assert_eq!(again.outcome, ProbeOutcome::Connected, "download after wg-vpn was re-created: {again:?}");
+    let query_again = probe(&vm, &[dns("download", mirror.address)]).remove(0);
+    assert_eq!(query_again.outcome, ProbeOutcome::Refused, "DNS query through the re-created tunnel: {query_again:?}");
+    assert_eq!(service_run(&vm, "download"), before, "the download service was not restarted");
+    let status = vm.status(Duration::from_secs(10)).unwrap();
+    let vpn_status = status.wireguard.iter().find(|w| w.interface == VPN_INTERFACE).expect("wg-vpn in the status");
+    assert_eq!(vpn_status.error, None, "status of the re-created wg-vpn");
 
     // MSS clamping: the SYN that left the appliance by wg-vpn carried an
     // MSS that fits the tunnel's MTU (less 20 bytes of IPv4 and 20 of TCP

@@ -8,6 +8,7 @@
 //! 3. the policy routing of egress=vpn services ([`wireguard`]);
 //! 4. the complete nftables ruleset, applied atomically with `nft -j -f -`;
 //! 5. the uplink: DHCP through busybox `udhcpc`, or the static address;
+//!    after the boot, [`dhcp`] keeps renewing a DHCP lease;
 //! 6. one resolver file per service under `/run/ztms/resolv` ([`resolv`]),
 //!    after the uplink because DHCP may supply the DNS servers;
 //! 7. the WireGuard interfaces, after the uplink because `wg` resolves the
@@ -32,7 +33,10 @@
 //! 127.0.0.1 keep working.
 
 pub mod ban_set;
+pub mod dhcp;
 pub mod isolate;
+pub mod lease;
+pub mod link_watch;
 pub mod links;
 pub mod postgres_login;
 pub mod probe;
@@ -43,7 +47,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::modules;
 use super::plan::AppliancePlan;
@@ -76,9 +80,18 @@ const MODULES: &[&str] = &[
     "virtio_net",
 ];
 
-/// Brings up the networks of `plan` and returns the network plan it
-/// applied, or None when the image has no network file.
-pub fn run(plan: &AppliancePlan) -> Result<Option<NetworkPlan>, String> {
+/// Outcome of the network phase: the plan and the uplink's lease.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub plan: NetworkPlan,
+    /// The uplink's DHCP lease; None for a static address or when DHCP
+    /// gave no lease at boot.
+    pub lease: Option<links::Lease>,
+}
+
+/// Brings up the networks of `plan` and returns what it applied, or None
+/// when the image has no network file.
+pub fn run(plan: &AppliancePlan) -> Result<Option<Applied>, String> {
     set_up("lo").map_err(|error| format!("bringing up the loopback interface lo failed: {error}"))?;
     log::info!("loopback interface lo is up");
 
@@ -95,11 +108,11 @@ pub fn run(plan: &AppliancePlan) -> Result<Option<NetworkPlan>, String> {
     if network.probe {
         load_probe_modules();
     }
-    apply(&network.plan)?;
+    let lease = apply(&network.plan)?;
     if network.probe {
         probe::enable(&network.plan);
     }
-    Ok(Some(network.plan))
+    Ok(Some(Applied { plan: network.plan, lease }))
 }
 
 /// Kernel modules that only test images load: `ss -i` reads socket
@@ -120,7 +133,8 @@ fn load(path: &Path) -> Result<ApplianceNetwork, String> {
     serde_json::from_str(&text).map_err(|error| format!("invalid network plan {}: {error}", path.display()))
 }
 
-fn apply(plan: &NetworkPlan) -> Result<(), String> {
+/// Applies `plan` and returns the uplink's DHCP lease, if it has one.
+fn apply(plan: &NetworkPlan) -> Result<Option<links::Lease>, String> {
     match modules::load_by_name(MODULES) {
         Ok(failed) if failed.is_empty() => {}
         Ok(failed) => log::info!("network modules not loaded (built in or absent): {}", failed.join(", ")),
@@ -151,18 +165,19 @@ fn apply(plan: &NetworkPlan) -> Result<(), String> {
     apply_firewall(plan)?;
     isolate::enable(plan);
 
-    let lease_dns = match links::bring_up_uplink(&plan.uplink) {
-        Ok(servers) => servers,
+    let lease = match links::bring_up_uplink(&plan.uplink) {
+        Ok(lease) => lease,
         Err(error) => {
             log::error!("{error}; services start behind the firewall, but the appliance is not reachable");
-            Vec::new()
+            None
         }
     };
+    let lease_dns = lease.as_ref().map(|lease| lease.dns.clone()).unwrap_or_default();
     resolv::write_all(plan, &lease_dns)?;
     if wireguard::is_used(plan) {
         wireguard::apply_devices(plan);
     }
-    Ok(())
+    Ok(lease)
 }
 
 /// Applies the complete ruleset in one `nft` transaction and logs its size
@@ -212,6 +227,54 @@ pub fn run_with_input(command: &mut Command, input: &str) -> Result<String, Stri
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Runs `command` like [`run_with_input`], from the main loop: it waits
+/// for this child only, on the thread that runs the reaper, so the reaper
+/// cannot take its exit status first. The command is killed after
+/// `timeout`. Its output must fit in a pipe buffer (64 KiB), because it is
+/// read after the exit.
+pub fn run_bounded(command: &mut Command, input: &str, timeout: Duration) -> Result<String, String> {
+    use std::io::Read;
+
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("starting {program} failed: {error}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // As in run_with_input, the exit status gives the reason of a
+        // program that closed its input early.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} timed out after {} s and was killed", timeout.as_secs()));
+            }
+            Err(error) => return Err(format!("waiting for {program} failed: {error}")),
+        }
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    if !status.success() {
+        let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+        return Err(format!("{program} exited with {status}: {}", lines.join("; ")));
+    }
+    Ok(stdout)
+}
+
 /// Writes `value` to the sysctl `key` of the calling thread's network
 /// namespace.
 pub fn write_sysctl(key: &str, value: &str) -> Result<(), String> {
@@ -252,4 +315,29 @@ pub fn set_up(name: &str) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_run_returns_output() {
+        let output = run_bounded(Command::new("/bin/sh").args(["-c", "cat; echo done"]), "input\n", Duration::from_secs(5));
+        assert_eq!(output.as_deref(), Ok("input\ndone\n"));
+    }
+
+    #[test]
+    fn bounded_run_reports_exit_status_and_stderr() {
+        let error = run_bounded(Command::new("/bin/sh").args(["-c", "echo broken >&2; exit 3"]), "", Duration::from_secs(5)).unwrap_err();
+        assert!(error.contains("exit status: 3: broken"), "{error}");
+    }
+
+    #[test]
+    fn bounded_run_kills_at_timeout() {
+        let started = Instant::now();
+        let error = run_bounded(&mut Command::new("/bin/sleep").arg("30"), "", Duration::from_millis(200)).unwrap_err();
+        assert!(error.contains("timed out"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
 }

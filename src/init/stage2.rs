@@ -43,6 +43,7 @@ enum Source {
     Supervisor,
     Status,
     Metrics,
+    Dhcp,
 }
 
 /// The state of PID 1 after the switch to the root filesystem.
@@ -69,6 +70,10 @@ struct Init {
     metrics: Option<MetricsServer>,
     /// The ban tracker of the service that `[ban]` names.
     ban: Option<BanSet>,
+    /// The check of the WireGuard interfaces, when the plan has any.
+    wireguard: Option<network::wireguard::DeviceWatch>,
+    /// The uplink's DHCP client, on a DHCP uplink.
+    dhcp: Option<network::dhcp::DhcpClient>,
     next_device_scan: Instant,
     ready: bool,
     ready_timeout_logged: bool,
@@ -156,6 +161,8 @@ impl Init {
             status_server: StatusServer::default(),
             metrics: None,
             ban: None,
+            wireguard: None,
+            dhcp: None,
             next_device_scan: now,
             ready: false,
             ready_timeout_logged: false,
@@ -255,12 +262,15 @@ impl Init {
                 } else {
                     self.phases.skip("secrets", "/data is not mounted");
                 }
-                let mut network_plan = None;
+                let mut applied = None;
                 self.phases.run("network", || {
-                    network_plan = network::run(plan)?;
+                    applied = network::run(plan)?;
                     Ok(())
                 });
-                self.metrics = network_plan.as_ref().and_then(start_metrics);
+                let network_plan = applied.as_ref().map(|applied| &applied.plan);
+                self.metrics = network_plan.and_then(start_metrics);
+                self.wireguard = network_plan.and_then(|plan| network::wireguard::DeviceWatch::new(plan, Instant::now()));
+                self.dhcp = applied.and_then(start_dhcp);
             }
             None => {
                 self.phases.skip("storage", "no appliance plan");
@@ -332,6 +342,9 @@ impl Init {
         for fd in self.metrics.iter().flat_map(MetricsServer::poll_fds) {
             add(fd, libc::POLLIN, Source::Metrics);
         }
+        if let Some(fd) = self.dhcp.as_ref().and_then(network::dhcp::DhcpClient::poll_fd) {
+            add(fd, libc::POLLIN, Source::Dhcp);
+        }
 
         let timeout = self.poll_timeout(now);
         // SAFETY: `poll_fds` is a live, correctly sized array of pollfd for
@@ -366,6 +379,11 @@ impl Init {
                     }
                 },
                 Source::Supervisor => self.supervisor.on_fd_ready(poll_fd.fd, now),
+                Source::Dhcp => {
+                    if let Some(dhcp) = &mut self.dhcp {
+                        dhcp.on_fd_ready();
+                    }
+                }
                 Source::Status => {
                     let snapshot = self.status_snapshot();
                     self.status_server.on_fd_ready(poll_fd.fd, poll_fd.revents, now, &|| snapshot.clone());
@@ -390,6 +408,12 @@ impl Init {
         self.run_update();
         self.reap(now);
         self.supervisor.tick(now);
+        if let Some(wireguard) = self.wireguard.as_mut().filter(|_| self.shutdown.is_none()) {
+            wireguard.check(now);
+        }
+        if let Some(dhcp) = self.dhcp.as_mut().filter(|_| self.shutdown.is_none()) {
+            dhcp.tick(now);
+        }
         self.status_server.expire(now);
         if let Some(metrics) = &mut self.metrics {
             metrics.expire(now);
@@ -477,6 +501,8 @@ impl Init {
             self.status_server.next_deadline(),
             self.metrics.as_ref().and_then(MetricsServer::next_deadline),
             self.shutdown.as_ref().and_then(Shutdown::deadline),
+            self.wireguard.as_ref().map(network::wireguard::DeviceWatch::next_deadline),
+            self.dhcp.as_ref().and_then(network::dhcp::DhcpClient::next_deadline),
         ];
         let wait = deadlines
             .into_iter()
@@ -520,7 +546,12 @@ impl Init {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => break,
-                Ok(status) => self.supervisor.on_child_exit(status, now),
+                Ok(status) => {
+                    let owned_by_dhcp = self.dhcp.as_mut().is_some_and(|dhcp| dhcp.on_child_exit(&status, now));
+                    if !owned_by_dhcp {
+                        self.supervisor.on_child_exit(status, now);
+                    }
+                }
                 Err(nix::errno::Errno::ECHILD) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(error) => {
@@ -535,6 +566,9 @@ impl Init {
         if let Some(shutdown) = &self.shutdown {
             log::info!("already {}; the new request is ignored", shutdown.action.announcement());
             return;
+        }
+        if let Some(dhcp) = &mut self.dhcp {
+            dhcp.begin_shutdown();
         }
         self.shutdown = Some(Shutdown::begin(action, &mut self.supervisor));
     }
@@ -658,6 +692,16 @@ fn start_metrics(plan: &crate::net::NetworkPlan) -> Option<MetricsServer> {
             None
         }
     }
+}
+
+/// Starts the DHCP client that renews the uplink's lease, on a DHCP
+/// uplink.
+fn start_dhcp(applied: network::Applied) -> Option<network::dhcp::DhcpClient> {
+    if applied.plan.uplink.ipv4 != crate::net::plan::UplinkIpv4::Dhcp {
+        return None;
+    }
+    let interface = &applied.plan.uplink.interface;
+    Some(network::dhcp::DhcpClient::start(interface, &applied.plan.services, applied.lease, Instant::now()))
 }
 
 /// Returns VmRSS of this process from `/proc/self/status`, in KiB.

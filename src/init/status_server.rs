@@ -3,7 +3,8 @@
 //! serves any number. Both are non-blocking and served from the main loop.
 //! Every request reads state except `isolate` and `release`.
 //! `status` and `audit` are served on the main loop, because each reads
-//! memory or a few small files. Probes and isolations run on threads.
+//! memory or a few small files. Probes, isolations and `delete-link` run on
+//! threads.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -52,6 +53,12 @@ pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
         }
         Err(error) => format!("{{\"error\": \"encoding the reply failed: {error}\"}}\n"),
     }
+}
+
+/// Returns true for the requests that run on a thread of their own:
+/// probes, isolations and `delete-link`.
+fn is_threaded(line: &str) -> bool {
+    net_probe::is_probe(line) || isolate::is_request(line) || net_probe::is_delete_link(line)
 }
 
 /// Splits the first complete line off the front of `buffer`.
@@ -237,6 +244,11 @@ impl StatusServer {
                 Ok(request) => Box::new(move || isolate::run(&request)),
                 Err(message) => return Err((error_line(message), reply_to)),
             }
+        } else if net_probe::is_delete_link(line) {
+            match net_probe::parse_delete_link(line) {
+                Ok(interface) => Box::new(move || net_probe::delete_link(&interface)),
+                Err(message) => return Err((error_line(message), reply_to)),
+            }
         } else {
             match net_probe::parse(line) {
                 Ok((request, path)) => Box::new(move || {
@@ -385,7 +397,7 @@ impl StatusServer {
         let Some(line) = take_lines(&mut connection.buffer).into_iter().next() else {
             return connection.buffer.len() > MAX_REQUEST;
         };
-        if net_probe::is_probe(&line) || isolate::is_request(&line) {
+        if is_threaded(&line) {
             let stream = self.connections.swap_remove(position).stream;
             if let Err((error_line, ReplyTo::Connection(mut stream))) = self.start_probe(&line, ReplyTo::Connection(stream)) {
                 let _ = stream.write_all(error_line.as_bytes());
@@ -444,7 +456,7 @@ impl StatusServer {
                 self.lend_serial(&line);
                 return;
             }
-            let text = if net_probe::is_probe(&line) || isolate::is_request(&line) {
+            let text = if is_threaded(&line) {
                 match self.start_probe(&line, ReplyTo::Serial) {
                     Ok(()) => continue,
                     Err((error_line, _)) => error_line,

@@ -110,13 +110,20 @@ fn apply(request: &IsolateRequest) -> Result<bool, String> {
 /// Runs `nft` with `input` and returns its standard output and error. It
 /// does not wait for the exit status, which the main loop's reaper takes.
 pub(super) fn run_nft(args: &[&str], input: &str) -> Result<(String, String), String> {
-    let mut child = Command::new(NFT)
+    run_unwaited(NFT, args, input)
+}
+
+/// Runs `program` with `input` and returns its standard output and error,
+/// read until the program closes them. Like [`run_nft`], it leaves the
+/// exit status to the main loop's reaper, so it is safe off the main loop.
+pub(super) fn run_unwaited(program: &str, args: &[&str], input: &str) -> Result<(String, String), String> {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| format!("starting {NFT} failed: {error}"))?;
+        .map_err(|error| format!("starting {program} failed: {error}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input.as_bytes());
     }

@@ -12,10 +12,10 @@ use crate::net::UDHCPC_SCRIPT_PATH;
 /// `ip` from Debian's iproute2 package.
 pub const IP: &str = "/usr/sbin/ip";
 /// busybox, whose `udhcpc` applet is the DHCP client.
-const BUSYBOX: &str = "/bin/busybox";
+pub const BUSYBOX: &str = "/bin/busybox";
 /// DHCP discover attempts and seconds between them before `udhcpc` gives up.
-const DHCP_TRIES: &str = "5";
-const DHCP_RETRY_SECS: &str = "1";
+pub const DHCP_TRIES: &str = "5";
+pub const DHCP_RETRY_SECS: &str = "1";
 /// How long the uplink may take to appear after its driver loads.
 const INTERFACE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -77,19 +77,24 @@ pub fn create_service_link(service: &ServiceNetwork) -> Result<(), String> {
 /// inside the named namespace when `netns` is set. `ip` stops at the first
 /// failing line and names it.
 pub fn ip_batch(netns: Option<&str>, commands: &str) -> Result<(), String> {
+    run_with_input(&mut ip_batch_command(netns), commands).map(drop)
+}
+
+/// Returns the `ip -batch -` command of [`ip_batch`], which reads its
+/// commands from standard input.
+pub fn ip_batch_command(netns: Option<&str>) -> Command {
     let mut command = Command::new(IP);
     if let Some(name) = netns {
         command.args(["-n", name]);
     }
     command.args(["-batch", "-"]);
-    run_with_input(&mut command, commands).map(drop)
+    command
 }
 
 /// Brings up the uplink with its address and default route, and returns
-/// the DNS servers of its DHCP lease (none for a static address). Every
-/// error names the interface, the setting and the kernel's or the DHCP
-/// client's message.
-pub fn bring_up_uplink(uplink: &Uplink) -> Result<Vec<Ipv4Addr>, String> {
+/// its DHCP lease (None for a static address). Every error names the
+/// interface, the setting and the kernel's or the DHCP client's message.
+pub fn bring_up_uplink(uplink: &Uplink) -> Result<Option<Lease>, String> {
     let interface = &uplink.interface;
     let setting = match &uplink.ipv4 {
         UplinkIpv4::Dhcp => "ipv4 = \"dhcp\"".to_string(),
@@ -108,7 +113,7 @@ pub fn bring_up_uplink(uplink: &Uplink) -> Result<Vec<Ipv4Addr>, String> {
         },
         UplinkIpv4::Dhcp => dhcp_lease(interface).map_err(failed)?,
     };
-    let Lease { address, prefix, router: gateway, dns } = lease;
+    let Lease { address, prefix, router: gateway, ref dns } = lease;
     let commands = format!(
         "address add {address}/{prefix} dev {interface}\n\
          route add default via {gateway} dev {interface}\n"
@@ -118,8 +123,9 @@ pub fn bring_up_uplink(uplink: &Uplink) -> Result<Vec<Ipv4Addr>, String> {
     if uplink.ipv4 == UplinkIpv4::Dhcp {
         let servers: Vec<String> = dns.iter().map(Ipv4Addr::to_string).collect();
         log::info!("uplink {interface}: DNS servers of the lease: {}", if servers.is_empty() { "none".into() } else { servers.join(", ") });
+        return Ok(Some(lease));
     }
-    Ok(dns)
+    Ok(None)
 }
 
 /// Waits until the kernel has created `interface`: its driver's module
@@ -143,11 +149,9 @@ fn wait_for_interface(interface: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Asks for a DHCP lease on `interface`.
-///
-/// NOTE: `udhcpc` exits once it has the lease (`-q`), so nothing renews
-/// it: an uplink whose DHCP server enforces short leases loses the address
-/// when the lease ends.
+/// Asks for the boot's DHCP lease on `interface`. This `udhcpc` exits once
+/// it has the lease (`-q`); after the boot, [`super::dhcp`] runs the one
+/// that renews it.
 fn dhcp_lease(interface: &str) -> Result<Lease, String> {
     let output = run_with_input(
         Command::new(BUSYBOX).args([

@@ -6,6 +6,10 @@
 //! and the status server reads its reply through a socket pair, so the main
 //! loop neither enters a service namespace nor waits for a probe. A probe spawns no process, so it takes no exit status from the
 //! supervisor's reaper.
+//!
+//! The same images take `delete-link INTERFACE`, which deletes a WireGuard
+//! interface with `ip link delete`, so that a test can watch ztms-init
+//! re-create it.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -16,10 +20,13 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::super::netns;
+use super::isolate::run_unwaited;
+use super::links::IP;
 use super::postgres_login;
+use crate::net::wireguard::{REMOTE_INTERFACE, VPN_INTERFACE};
 use crate::net::NetworkPlan;
 use crate::runtime::{secret_path, valid_secret_name};
-use crate::status::{ProbeOutcome, ProbeReply, PROBE_REQUEST};
+use crate::status::{DeleteLinkReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST, PROBE_REQUEST};
 
 /// How long a probe waits for a connection or a UDP reply.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,6 +73,40 @@ pub struct ProbeRequest {
 /// Returns true when `line` is a probe request, valid or not.
 pub fn is_probe(line: &str) -> bool {
     line.split_whitespace().next() == Some(PROBE_REQUEST)
+}
+
+/// Returns true when `line` is a `delete-link` request, valid or not.
+pub fn is_delete_link(line: &str) -> bool {
+    line.split_whitespace().next() == Some(DELETE_LINK_REQUEST)
+}
+
+/// Parses `delete-link INTERFACE`, and checks that test requests are
+/// enabled and that the interface is one of the WireGuard interfaces.
+pub fn parse_delete_link(line: &str) -> Result<String, String> {
+    if TARGETS.get().is_none() {
+        return Err("delete-link requests are disabled; build the image with [debug] probe = true".into());
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [_, interface] if [REMOTE_INTERFACE, VPN_INTERFACE].contains(interface) => Ok(interface.to_string()),
+        [_, interface] => Err(format!("invalid interface {interface:?}; delete-link takes {REMOTE_INTERFACE} or {VPN_INTERFACE}")),
+        _ => Err(format!("invalid request {:?}; write: {DELETE_LINK_REQUEST} INTERFACE", truncate(line))),
+    }
+}
+
+/// Deletes `interface` and returns the reply line without its newline.
+/// Runs `ip`, so call it off the main loop.
+pub fn delete_link(interface: &str) -> String {
+    log::warn!("test probe: deleting interface {interface} on request of the status API");
+    let result = run_unwaited(IP, &["link", "delete", interface], "");
+    let present = std::path::Path::new("/sys/class/net").join(interface).exists();
+    match result {
+        Ok((_, stderr)) if !stderr.trim().is_empty() => log::warn!("test probe: ip link delete {interface}: {}", stderr.trim()),
+        Ok(_) => {}
+        Err(error) => log::warn!("test probe: {error}"),
+    }
+    let reply = DeleteLinkReply { interface: interface.to_string(), present };
+    serde_json::to_string(&reply).unwrap_or_else(|error| format!("{{\"error\": \"encoding the reply failed: {error}\"}}"))
 }
 
 /// Parses `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read | postgres SECRET]`,
@@ -351,6 +392,13 @@ mod tests {
         let (request, _) = parse_words("probe web tcp 10.80.3.2 5432 source 10.80.1.2").unwrap();
         assert_eq!(request.postgres_secret, None);
         assert_eq!(request.source, Some(Ipv4Addr::new(10, 80, 1, 2)));
+    }
+
+    #[test]
+    fn delete_link_request_is_recognised() {
+        assert!(is_delete_link("delete-link wg-vpn"));
+        assert!(!is_delete_link("probe web tcp 10.80.1.2 80"));
+        assert!(!is_delete_link("delete-links wg-vpn"));
     }
 
     #[test]

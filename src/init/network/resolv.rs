@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
-use crate::net::plan::ServiceDns;
+use crate::net::plan::{ServiceDns, ServiceNetwork};
 use crate::net::resolv::{render, resolv_conf_path, RESOLV_DIR};
 use crate::net::NetworkPlan;
 
@@ -13,17 +13,24 @@ use crate::net::NetworkPlan;
 /// holds the DNS servers of the uplink's DHCP lease.
 pub fn write_all(plan: &NetworkPlan, uplink_lease: &[Ipv4Addr]) -> Result<(), String> {
     for service in &plan.services {
-        let text = render(&service.dns, uplink_lease);
-        write(&service.name, &text)?;
-        let servers: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("nameserver ")).collect();
-        log::info!(
-            "service {}: /etc/resolv.conf names {}",
-            service.name,
-            if servers.is_empty() { "no DNS server".to_string() } else { servers.join(", ") }
-        );
-        if servers.is_empty() && matches!(service.dns, ServiceDns::Uplink { .. }) {
-            log::warn!("service {}: egress = \"internet\" but no DNS server is known: set network.dns, or check the uplink's DHCP lease", service.name);
-        }
+        write_service(service, uplink_lease)?;
+    }
+    Ok(())
+}
+
+/// Writes the resolver file of `service` and logs the servers it names.
+/// `uplink_lease` holds the DNS servers of the uplink's DHCP lease.
+pub fn write_service(service: &ServiceNetwork, uplink_lease: &[Ipv4Addr]) -> Result<(), String> {
+    let text = render(&service.dns, uplink_lease);
+    write(&service.name, &text)?;
+    let servers: Vec<&str> = text.lines().filter_map(|line| line.strip_prefix("nameserver ")).collect();
+    log::info!(
+        "service {}: /etc/resolv.conf names {}",
+        service.name,
+        if servers.is_empty() { "no DNS server".to_string() } else { servers.join(", ") }
+    );
+    if servers.is_empty() && matches!(service.dns, ServiceDns::Uplink { .. }) {
+        log::warn!("service {}: egress = \"internet\" but no DNS server is known: set network.dns, or check the uplink's DHCP lease", service.name);
     }
     Ok(())
 }
@@ -39,6 +46,9 @@ pub fn ensure(service: &str) -> Result<(), String> {
     write(service, &render(&ServiceDns::None, &[]))
 }
 
+/// Writes the file in place: a running container binds this inode, so a
+/// new file renamed over it would stay unseen there. A reader can find the
+/// file empty for the moment between truncation and write.
 fn write(service: &str, text: &str) -> Result<(), String> {
     let directory = Path::new(RESOLV_DIR);
     std::fs::DirBuilder::new()
