@@ -354,9 +354,9 @@ fn wireguard_between_two_appliances() {
     // wg-vpn deleted inside the appliance: while it is gone, the tunnel
     // table's `unreachable default` rejects the download service's packets
     // and the firewall still drops them on the uplink. ztms-init checks the
-    // interface every 5 s, so it may re-create it before the probes run;
-    // then they reach the mirror through the tunnel and the deletion is
-    // repeated.
+    // interface every 5 s, so it may re-create it before the probes run.
+    // The probes then reach the mirror through the tunnel, and the test
+    // deletes the interface again.
     let before = service_run(&vm, "download");
     let mut observed_gone = None;
     for attempt in 1..=3 {

@@ -1,7 +1,7 @@
 //! The update that failed: after systemd-boot fell back to the running
-//! version, the ESP still holds the other version's UKI with its boot
-//! counter used up (`NAME-VERSION+0-DONE.efi`). The persisted log tells
-//! why its boots failed, when they got far enough to write it.
+//! version, the ESP still contains the other version's UKI with its boot
+//! counter used up (`NAME-VERSION+0-DONE.efi`). The persisted log gives
+//! the reason its boots failed, when they got far enough to write it.
 
 use std::path::Path;
 use std::time::Duration;

@@ -223,7 +223,7 @@ pub fn run(request: ProbeRequest, path: PathBuf) -> ProbeReply {
 
 type Observation = (ProbeOutcome, Option<String>);
 
-/// What a probe observed, with the byte count of a `read` probe and the
+/// The outcome of a probe, with the byte count of a `read` probe and the
 /// query result of a `postgres` probe.
 struct ProbeResult {
     observation: Observation,
