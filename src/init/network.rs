@@ -135,6 +135,11 @@ fn load(path: &Path) -> Result<ApplianceNetwork, String> {
 
 /// Applies `plan` and returns the uplink's DHCP lease, if it has one.
 fn apply(plan: &NetworkPlan) -> Result<Option<links::Lease>, String> {
+    // The appliance is IPv4 only. Interfaces created from here on, the
+    // uplink whose driver loads next included, get no IPv6 address, so the
+    // kernel sends no router solicitations into a segment or onto the LAN,
+    // even while the ruleset is not loaded.
+    write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
     match modules::load_by_name(MODULES) {
         Ok(failed) if failed.is_empty() => {}
         Ok(failed) => log::info!("network modules not loaded (built in or absent): {}", failed.join(", ")),

@@ -22,7 +22,8 @@
 //!
 //! IPv6 is off, not filtered: every IPv6 packet except on loopback is
 //! dropped in every chain, so services and peers have IPv4 only, with or
-//! without an IPv6 uplink or tunnel.
+//! without an IPv6 uplink or tunnel. ztms-init also turns IPv6 off on the
+//! uplink and on every interface that it creates.
 //!
 //! Interfaces are matched by name (`iifname`, `oifname`), never by index, so
 //! the rules keep matching when `wg-vpn` is deleted and created again.

@@ -103,6 +103,11 @@ pub fn bring_up_uplink(uplink: &Uplink) -> Result<Option<Lease>, String> {
     let failed = |error: String| format!("uplink {interface} ({setting}) failed: {error}");
 
     wait_for_interface(interface).map_err(failed)?;
+    // For a driver built into the kernel, the uplink existed before the
+    // network phase set IPv6's default off. A path, not a dotted key,
+    // because an interface name may contain a dot.
+    let ipv6_switch = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+    std::fs::write(&ipv6_switch, "1").map_err(|error| failed(format!("writing 1 to {ipv6_switch} failed: {error}")))?;
     ip_batch(None, &format!("link set {interface} up\n")).map_err(failed)?;
     let lease = match &uplink.ipv4 {
         UplinkIpv4::Static { address, gateway } => Lease {
