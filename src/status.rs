@@ -6,8 +6,8 @@
 //! connection; the virtio-serial port serves any number of requests.
 //! Besides `status`, the server takes `audit` ([`audit_unix`]),
 //! `isolate SERVICE` and `release SERVICE` ([`isolate_unix`]), the only
-//! requests that change the appliance, and in test images `probe` and
-//! `delete-link` requests.
+//! requests that change the appliance, and in test images `probe`,
+//! `delete-link` and `firewall` requests.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -715,6 +715,21 @@ pub struct DeleteLinkReply {
     pub interface: String,
     /// True when the interface still exists after `ip link delete` ran.
     pub present: bool,
+}
+
+/// Request that unloads or reloads the appliance's nftables table, served
+/// by test images with `[debug] probe = true`: `firewall off` saves the
+/// table and deletes it, `firewall on` loads the saved table again.
+/// Benchmarks use it to compare forwarding with and without the ruleset.
+pub const FIREWALL_REQUEST: &str = "firewall";
+
+/// Reply to a `firewall` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallReply {
+    /// True when the table exists after the request ran.
+    pub loaded: bool,
+    /// Rules in the table after the request ran.
+    pub rules: usize,
 }
 
 /// Request that cuts a service off every network: `isolate SERVICE`.

@@ -146,7 +146,7 @@ fn root_too_small_says_needed_size() {
 fn default_image_has_no_debug_access() {
     let loaded = ztms::config::load(&repo().join("images/media-server.toml")).unwrap();
     assert!(!loaded.definition.debug.status_serial, "the status port is a test-image feature");
-    assert!(!loaded.definition.debug.probe, "the probe agent is a test-image feature");
+    assert!(!loaded.definition.debug.probe, "the test requests are a test-image feature");
     let plan = ztms::init::plan::from_definition(&loaded.definition).unwrap();
     assert!(!plan.status_serial);
 }

@@ -7,12 +7,17 @@
 //! VPN endpoint is down at boot, then the peer's matrix through wg-remote
 //! and transfers of several megabytes both ways, `wg-vpn` deleted inside
 //! the appliance and re-created by ztms-init, MTU and MSS clamping (with
-//! the MSS of a SYN through wg-vpn read on the peer with `ss`). Last come
-//! the tunnel going down and up without a service restart, and `isolate`. DNS of the egress=vpn service goes to the tunnel's DNS
-//! server only. A capture of the appliance's LAN link over the whole run
-//! must contain WireGuard and ARP only.
+//! the MSS of a SYN through wg-vpn read on the peer with `ss`), and
+//! `wg-remote` deleted and re-created. Last come the tunnel going down and
+//! up without a service restart, and `isolate`. DNS of the egress=vpn
+//! service goes to the tunnel's DNS server only. A capture of the
+//! appliance's LAN link over the whole run must contain WireGuard and ARP
+//! only.
+//!
 //! It prints the throughput through both tunnels, and between two
-//! segments of one appliance without a tunnel for comparison.
+//! segments of one appliance without a tunnel, with the ruleset loaded and
+//! with its table deleted (`firewall off`, a request of test images),
+//! alternating in the same boot.
 
 mod harness;
 
@@ -24,7 +29,7 @@ use ztms::config::Proto;
 use ztms::net::wireguard::{key, REMOTE_INTERFACE, VPN_INTERFACE};
 use ztms::net::NetworkPlan;
 use ztms::run::vm::{LanBackend, LanLink};
-use ztms::status::{DeleteLinkReply, ErrorReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST};
+use ztms::status::{DeleteLinkReply, ErrorReply, FirewallReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST, FIREWALL_REQUEST};
 
 /// Last byte of the appliance VM's LAN MAC address.
 const APPLIANCE_MAC_SUFFIX: u8 = 10;
@@ -32,6 +37,9 @@ const APPLIANCE_MAC_SUFFIX: u8 = 10;
 const WIREGUARD_PORT: u16 = 51820;
 /// Bytes that the `bulk` and `mirror` services send per connection.
 const TRANSFER_BYTES: u64 = 8 << 20;
+/// Transfers with the ruleset loaded, and as many with its table deleted,
+/// in the forwarding comparison.
+const FORWARDING_ROUNDS: usize = 5;
 /// Time allowed for a WireGuard handshake to complete and a probe through
 /// the tunnel to connect, under TCG.
 const TUNNEL_TIMEOUT: Duration = Duration::from_secs(90);
@@ -104,19 +112,13 @@ fn transfer_when_listening(vm: &TestVm, service: &str, address: Ipv4Addr, port: 
 /// Transfers `TRANSFER_BYTES` three times, checks each count and prints
 /// the throughput of each run with the median.
 fn measure(vm: &TestVm, label: &str, service: &str, address: Ipv4Addr, port: u16) {
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        let reply = transfer_when_listening(vm, service, address, port);
-        assert_eq!(reply.bytes, Some(TRANSFER_BYTES), "{label}: {reply:?}");
-        rates.push(megabytes_per_second(&reply));
-    }
+    let rates: Vec<f64> = (0..3).map(|_| transfer_rate(vm, service, address, port)).collect();
     let runs: Vec<String> = rates.iter().map(|rate| format!("{rate:.2}")).collect();
-    rates.sort_by(f64::total_cmp);
     eprintln!(
         "throughput {label}: {} MiB per run, runs {} MiB/s, median {:.2} MiB/s",
         TRANSFER_BYTES >> 20,
         runs.join(", "),
-        rates[1]
+        median(&rates)
     );
 }
 
@@ -195,28 +197,86 @@ fn frames_sent(pcap: &[u8], mac_suffix: u8, since: Duration) -> Sent {
     sent
 }
 
-/// Deletes `interface` inside the VM with a `delete-link` request, which
-/// images with `[debug] probe = true` serve.
-fn delete_link(vm: &TestVm, interface: &str) -> DeleteLinkReply {
+/// Sends `line`, a request that images with `[debug] probe = true`
+/// serve, to the VM's status socket and returns the reply. Panics when the
+/// appliance rejects the request.
+fn debug_request<T: serde::de::DeserializeOwned>(vm: &TestVm, line: &str) -> T {
     use std::io::{BufRead, BufReader, Write};
 
     let mut stream = std::os::unix::net::UnixStream::connect(&vm.paths.status).expect("connect to the status port");
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    stream.write_all(format!("{DELETE_LINK_REQUEST} {interface}\n").as_bytes()).expect("send the delete-link request");
-    loop {
-        let mut line = String::new();
-        let count = reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading the delete-link reply failed: {e}"));
-        assert!(count > 0, "status port closed before the delete-link reply");
-        if let Ok(error) = serde_json::from_str::<ErrorReply>(&line) {
-            panic!("delete-link request rejected: {}", error.error);
-        }
-        if let Ok(reply) = serde_json::from_str::<DeleteLinkReply>(&line) {
-            if reply.interface == interface {
-                return reply;
-            }
-        }
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap_or_else(|e| panic!("sending {line:?} failed: {e}"));
+    let mut reply = String::new();
+    let count = reader.read_line(&mut reply).unwrap_or_else(|e| panic!("reading the reply to {line:?} failed: {e}"));
+    assert!(count > 0, "status port closed before the reply to {line:?}");
+    if let Ok(error) = serde_json::from_str::<ErrorReply>(&reply) {
+        panic!("request {line:?} rejected: {}", error.error);
     }
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("unexpected reply to {line:?}: {e}: {reply}"))
+}
+
+/// Deletes `interface` inside the VM with a `delete-link` request.
+fn delete_link(vm: &TestVm, interface: &str) -> DeleteLinkReply {
+    let reply: DeleteLinkReply = debug_request(vm, &format!("{DELETE_LINK_REQUEST} {interface}"));
+    assert_eq!(reply.interface, interface, "reply to delete-link {interface}");
+    reply
+}
+
+/// Compares forwarding from `web` to `bulk`, two segments, with the
+/// ruleset loaded and with its table deleted, alternating
+/// [`FORWARDING_ROUNDS`] times in this boot, and prints both medians and
+/// their ratio. Between the transfers it checks that the table went away
+/// (web reaches db, which the matrix forbids) and came back whole
+/// (`planned_rules` rules, and db unreachable again).
+fn compare_forwarding(vm: &TestVm, bulk: Ipv4Addr, db: Ipv4Addr, planned_rules: usize) {
+    let forbidden = tcp("web", db, 5432);
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for _ in 0..FORWARDING_ROUNDS {
+        with.push(transfer_rate(vm, "web", bulk, 9000));
+        let off: FirewallReply = debug_request(vm, &format!("{FIREWALL_REQUEST} off"));
+        assert_eq!(off, FirewallReply { loaded: false, rules: 0 }, "reply to firewall off");
+        let open = probe(vm, std::slice::from_ref(&forbidden)).remove(0);
+        assert_eq!(open.outcome, ProbeOutcome::Connected, "web to db with the table deleted: {open:?}");
+        without.push(transfer_rate(vm, "web", bulk, 9000));
+        let on: FirewallReply = debug_request(vm, &format!("{FIREWALL_REQUEST} on"));
+        assert_eq!(on, FirewallReply { loaded: true, rules: planned_rules }, "reply to firewall on");
+        let closed = probe(vm, std::slice::from_ref(&forbidden)).remove(0);
+        assert_eq!(closed.outcome, ProbeOutcome::Timeout, "web to db with the table loaded again: {closed:?}");
+    }
+    let with_median = median(&with);
+    let without_median = median(&without);
+    let runs = |rates: &[f64]| rates.iter().map(|rate| format!("{rate:.2}")).collect::<Vec<_>>().join(", ");
+    eprintln!(
+        "forwarding web to bulk, {} MiB per run: with the ruleset {} MiB/s (median {with_median:.2}), \
+         without {} MiB/s (median {without_median:.2}), ratio {:.2}",
+        TRANSFER_BYTES >> 20,
+        runs(&with),
+        runs(&without),
+        with_median / without_median
+    );
+}
+
+/// Counts the rules that the ruleset of `plan` adds.
+fn planned_rule_count(plan: &NetworkPlan) -> usize {
+    let json = ztms::net::nftables::to_json(&ztms::net::nftables::ruleset(plan, &[]));
+    let document: serde_json::Value = serde_json::from_str(&json).expect("the planned ruleset is JSON");
+    let commands = document["nftables"].as_array().expect("an nftables array in the planned ruleset");
+    commands.iter().filter(|command| command.get("add").and_then(|add| add.get("rule")).is_some()).count()
+}
+
+/// Transfers `TRANSFER_BYTES` once, checks the count and returns the rate.
+fn transfer_rate(vm: &TestVm, service: &str, address: Ipv4Addr, port: u16) -> f64 {
+    let reply = transfer_when_listening(vm, service, address, port);
+    assert_eq!(reply.bytes, Some(TRANSFER_BYTES), "{service} to {address}:{port}: {reply:?}");
+    megabytes_per_second(&reply)
+}
+
+fn median(rates: &[f64]) -> f64 {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// Returns the process id and restart count of `service`.
@@ -344,7 +404,9 @@ fn wireguard_between_two_appliances() {
     // without a tunnel.
     let bulk = appliance.service("bulk").expect("bulk service").address;
     measure(&peer_vm, "peer to appliance through wg-remote", "client", bulk, 9000);
-    measure(&vm, "web to bulk between two segments, no tunnel", "web", bulk, 9000);
+    let db = appliance.service("db").expect("db service").address;
+    let planned_rules = planned_rule_count(&appliance);
+    compare_forwarding(&vm, bulk, db, planned_rules);
 
     // The VPN direction: the download service through wg-vpn.
     let through_vpn = probe_until_connected(&vm, &tcp("download", mirror.address, 9000), TUNNEL_TIMEOUT);
@@ -417,6 +479,19 @@ fn wireguard_between_two_appliances() {
     assert_eq!(uplink_query.outcome, ProbeOutcome::Timeout, "DNS query to the uplink's resolver: {uplink_query:?}");
     let leak = probe(&vm, &[tcp("download", Ipv4Addr::new(192, 168, 77, 20), 9000)]).remove(0);
     assert!(!reached(&leak), "download reached the provider's LAN address outside the tunnel: {leak:?}");
+
+    // wg-remote deleted inside the appliance: ztms-init re-creates it with
+    // the same key and peer, and the peer's next handshake reaches web again.
+    let web = appliance.service("web").expect("web service").address;
+    let deleted = delete_link(&vm, REMOTE_INTERFACE);
+    assert!(!deleted.present, "wg-remote still exists after delete-link: {deleted:?}");
+    let recreated = vm.wait_for_console("(?m)^ztms-init: WireGuard wg-remote: re-created.*", Duration::from_secs(60)).unwrap();
+    eprintln!("{}", recreated.trim());
+    let web_again = probe_until_connected(&peer_vm, &tcp("client", web, 8080), TUNNEL_TIMEOUT);
+    assert_eq!(web_again.outcome, ProbeOutcome::Connected, "peer to web after wg-remote was re-created: {web_again:?}");
+    let status = vm.status(Duration::from_secs(10)).unwrap();
+    let remote_status = status.wireguard.iter().find(|w| w.interface == REMOTE_INTERFACE).expect("wg-remote in the status");
+    assert_eq!(remote_status.error, None, "status of the re-created wg-remote");
 
     // The tunnel goes down (the LAN cable is pulled) and comes back; the
     // download service gets its connectivity back with the same process.

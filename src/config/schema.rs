@@ -624,7 +624,9 @@ pub struct Debug {
     /// Serve the status API on a virtio-serial port as well as the unix socket.
     #[serde(default)]
     pub status_serial: bool,
-    /// Install the test probe agent that runs commands in service namespaces.
+    /// Serve test requests on the status API: probes from inside service
+    /// namespaces, `delete-link` of a WireGuard interface, and
+    /// `firewall off|on`, which unloads and reloads the ruleset.
     #[serde(default)]
     pub probe: bool,
     /// At first boot, measure the data partition's sequential throughput

@@ -3,8 +3,8 @@
 //! serves any number. Both are non-blocking and served from the main loop.
 //! Every request reads state except `isolate` and `release`.
 //! `status` and `audit` are served on the main loop, because each reads
-//! memory or a few small files. Probes, isolations and `delete-link` run on
-//! threads.
+//! memory or a few small files. Probes, isolations, `delete-link` and
+//! `firewall` run on threads.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -56,9 +56,9 @@ pub fn reply(request: &str, status: &dyn Fn() -> Status) -> String {
 }
 
 /// Returns true for the requests that run on a thread of their own:
-/// probes, isolations and `delete-link`.
+/// probes, isolations, `delete-link` and `firewall`.
 fn is_threaded(line: &str) -> bool {
-    net_probe::is_probe(line) || isolate::is_request(line) || net_probe::is_delete_link(line)
+    net_probe::is_probe(line) || isolate::is_request(line) || net_probe::is_delete_link(line) || net_probe::is_firewall(line)
 }
 
 /// Splits the first complete line off the front of `buffer`.
@@ -237,7 +237,7 @@ impl StatusServer {
         if self.probes.len() >= MAX_PROBES {
             return Err((error_line(format!("{MAX_PROBES} probes are already running; wait for a reply")), reply_to));
         }
-        // Both kinds of task block for seconds, so each runs on a thread of
+        // These tasks block for seconds, so each runs on a thread of
         // its own and returns its reply line.
         let task: Box<dyn FnOnce() -> String + Send> = if isolate::is_request(line) {
             match isolate::parse(line) {
@@ -247,6 +247,11 @@ impl StatusServer {
         } else if net_probe::is_delete_link(line) {
             match net_probe::parse_delete_link(line) {
                 Ok(interface) => Box::new(move || net_probe::delete_link(&interface)),
+                Err(message) => return Err((error_line(message), reply_to)),
+            }
+        } else if net_probe::is_firewall(line) {
+            match net_probe::parse_firewall(line) {
+                Ok(load) => Box::new(move || net_probe::switch_firewall(load)),
                 Err(message) => return Err((error_line(message), reply_to)),
             }
         } else {

@@ -9,24 +9,29 @@
 //!
 //! The same images take `delete-link INTERFACE`, which deletes a WireGuard
 //! interface with `ip link delete`, so that a test can watch ztms-init
-//! re-create it.
+//! re-create it, and `firewall off|on`, which saves and deletes the
+//! nftables table and loads it again, so that a benchmark can compare
+//! forwarding with and without the ruleset in one boot.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::super::netns;
-use super::isolate::run_unwaited;
+use super::isolate::{run_nft, run_unwaited};
 use super::links::IP;
 use super::postgres_login;
 use crate::net::wireguard::{REMOTE_INTERFACE, VPN_INTERFACE};
+use crate::net::nftables::TABLE;
 use crate::net::NetworkPlan;
 use crate::runtime::{secret_path, valid_secret_name};
-use crate::status::{DeleteLinkReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST, PROBE_REQUEST};
+use crate::status::{
+    DeleteLinkReply, ErrorReply, FirewallReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST, FIREWALL_REQUEST, PROBE_REQUEST,
+};
 
 /// How long a probe waits for a connection or a UDP reply.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,6 +48,10 @@ const POSTGRES_QUERY: &str = "SELECT host(inet_client_addr())";
 /// Service name and namespace path of every service, set once the network
 /// phase has created the namespaces of an image with the probe enabled.
 static TARGETS: OnceLock<Vec<(String, PathBuf)>> = OnceLock::new();
+
+/// The table as `nft list table` printed it before `firewall off` deleted
+/// it. `firewall on` loads it again.
+static SAVED_TABLE: Mutex<Option<String>> = Mutex::new(None);
 
 /// Enables probe requests for the services of `plan`.
 pub fn enable(plan: &NetworkPlan) {
@@ -107,6 +116,96 @@ pub fn delete_link(interface: &str) -> String {
     }
     let reply = DeleteLinkReply { interface: interface.to_string(), present };
     serde_json::to_string(&reply).unwrap_or_else(|error| format!("{{\"error\": \"encoding the reply failed: {error}\"}}"))
+}
+
+/// Returns true when `line` is a `firewall` request, valid or not.
+pub fn is_firewall(line: &str) -> bool {
+    line.split_whitespace().next() == Some(FIREWALL_REQUEST)
+}
+
+/// Parses `firewall off|on` and checks that test requests are enabled.
+/// Returns true for `on`.
+pub fn parse_firewall(line: &str) -> Result<bool, String> {
+    if TARGETS.get().is_none() {
+        return Err("firewall requests are disabled; build the image with [debug] probe = true".into());
+    }
+    parse_firewall_words(line)
+}
+
+/// Parses the words of a `firewall` request.
+fn parse_firewall_words(line: &str) -> Result<bool, String> {
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [_, "on"] => Ok(true),
+        [_, "off"] => Ok(false),
+        _ => Err(format!("invalid request {:?}; write: {FIREWALL_REQUEST} off|on", truncate(line))),
+    }
+}
+
+/// Saves and deletes the table (`load` false) or loads the saved table
+/// (`load` true), and returns the reply line without its newline. Runs
+/// `nft`, so call it off the main loop.
+pub fn switch_firewall(load: bool) -> String {
+    let result = if load { load_saved_table() } else { save_and_delete_table() };
+    let reply = result.and_then(|()| {
+        let (listing, errors) = run_nft(&["-j", "list", "table", "inet", TABLE], "")?;
+        let rules = if listing.trim().is_empty() {
+            None
+        } else {
+            Some(count_rules(&listing).map_err(|error| format!("listing table inet {TABLE} failed: {error}; nft printed: {}", errors.trim()))?)
+        };
+        Ok(FirewallReply { loaded: rules.is_some(), rules: rules.unwrap_or(0) })
+    });
+    let line = match reply {
+        Ok(reply) => serde_json::to_string(&reply),
+        Err(error) => {
+            log::error!("test probe: firewall {}: {error}", if load { "on" } else { "off" });
+            serde_json::to_string(&ErrorReply { error })
+        }
+    };
+    line.unwrap_or_else(|error| format!("{{\"error\": \"encoding the reply failed: {error}\"}}"))
+}
+
+/// Lists the table, keeps the listing in [`SAVED_TABLE`] and deletes the table.
+fn save_and_delete_table() -> Result<(), String> {
+    let mut saved = SAVED_TABLE.lock().map_err(|_| "the saved table is unreadable: a thread panicked holding it".to_string())?;
+    if saved.is_some() {
+        return Err("the firewall is already off; send firewall on first".into());
+    }
+    let (listing, errors) = run_nft(&["list", "table", "inet", TABLE], "")?;
+    if listing.trim().is_empty() {
+        return Err(format!("table inet {TABLE} is not loaded: {}", errors.trim()));
+    }
+    log::warn!("test probe: deleting table inet {TABLE} on request of the status API, so nothing is filtered until firewall on");
+    *saved = Some(listing);
+    let (_, errors) = run_nft(&["delete", "table", "inet", TABLE], "")?;
+    if !errors.trim().is_empty() {
+        log::warn!("test probe: nft delete table: {}", errors.trim());
+    }
+    Ok(())
+}
+
+/// Loads the table that [`save_and_delete_table`] kept. When nft rejects
+/// it, the listing stays kept, so the request can be sent again.
+fn load_saved_table() -> Result<(), String> {
+    let mut saved = SAVED_TABLE.lock().map_err(|_| "the saved table is unreadable: a thread panicked holding it".to_string())?;
+    let Some(listing) = saved.as_ref() else {
+        return Err("the firewall is not off; send firewall off first".into());
+    };
+    let (_, errors) = run_nft(&["-f", "-"], listing)?;
+    let (check, _) = run_nft(&["list", "table", "inet", TABLE], "")?;
+    if check.trim().is_empty() {
+        return Err(format!("nft did not load the saved table inet {TABLE}: {}", errors.trim()));
+    }
+    log::warn!("test probe: table inet {TABLE} loaded again on request of the status API");
+    *saved = None;
+    Ok(())
+}
+
+/// Counts the rules in the output of `nft -j list table`.
+fn count_rules(json: &str) -> Result<usize, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|error| format!("invalid JSON: {error}"))?;
+    let items = value["nftables"].as_array().ok_or("no nftables array in the output")?;
+    Ok(items.iter().filter(|item| item.get("rule").is_some()).count())
 }
 
 /// Parses `probe SERVICE tcp|udp IPV4 PORT [source IPV4] [read | postgres SECRET]`,
@@ -392,6 +491,31 @@ mod tests {
         let (request, _) = parse_words("probe web tcp 10.80.3.2 5432 source 10.80.1.2").unwrap();
         assert_eq!(request.postgres_secret, None);
         assert_eq!(request.source, Some(Ipv4Addr::new(10, 80, 1, 2)));
+    }
+
+    #[test]
+    fn firewall_request_is_recognised() {
+        assert!(is_firewall("firewall off"));
+        assert!(is_firewall("firewall"));
+        assert!(!is_firewall("firewalls on"));
+        assert!(!is_firewall("probe web tcp 10.80.1.2 80"));
+        assert_eq!(parse_firewall_words("firewall on"), Ok(true));
+        assert_eq!(parse_firewall_words("firewall  off "), Ok(false));
+        for line in ["firewall", "firewall down", "firewall off now"] {
+            assert!(parse_firewall_words(line).unwrap_err().contains("write: firewall off|on"), "{line}");
+        }
+    }
+
+    #[test]
+    fn rules_are_counted_in_a_table_listing() {
+        let json = r#"{"nftables": [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": "inet", "name": "ztms", "handle": 1}},
+            {"chain": {"family": "inet", "table": "ztms", "name": "input", "handle": 1}},
+            {"set": {"family": "inet", "name": "isolated", "table": "ztms", "type": "ipv4_addr", "handle": 3}},
+            {"rule": {"family": "inet", "table": "ztms", "chain": "input", "handle": 4, "expr": []}},
+            {"rule": {"family": "inet", "table": "ztms", "chain": "input", "handle": 5, "expr": []}}]}"#;
+        assert_eq!(count_rules(json), Ok(2));
+        assert!(count_rules("{}").unwrap_err().contains("no nftables array"));
+        assert!(count_rules("not json").unwrap_err().contains("invalid JSON"));
     }
 
     #[test]
