@@ -176,11 +176,14 @@ fn save_and_delete_table() -> Result<(), String> {
         return Err(format!("table inet {TABLE} is not loaded: {}", errors.trim()));
     }
     log::warn!("test probe: deleting table inet {TABLE} on request of the status API, so nothing is filtered until firewall on");
-    *saved = Some(listing);
     let (_, errors) = run_nft(&["delete", "table", "inet", TABLE], "")?;
-    if !errors.trim().is_empty() {
-        log::warn!("test probe: nft delete table: {}", errors.trim());
+    // Report a table that is still there as an error, not as a firewall
+    // that is off.
+    let (check, _) = run_nft(&["list", "table", "inet", TABLE], "")?;
+    if !check.trim().is_empty() {
+        return Err(format!("nft did not delete table inet {TABLE}: {}", errors.trim()));
     }
+    *saved = Some(listing);
     Ok(())
 }
 
@@ -191,7 +194,10 @@ fn load_saved_table() -> Result<(), String> {
     let Some(listing) = saved.as_ref() else {
         return Err("the firewall is not off; send firewall off first".into());
     };
-    let (_, errors) = run_nft(&["-f", "-"], listing)?;
+    // As the boot's ruleset does, replace whatever table is there in the
+    // same transaction, so that no rule is ever loaded twice.
+    let replace = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n{listing}");
+    let (_, errors) = run_nft(&["-f", "-"], &replace)?;
     let (check, _) = run_nft(&["list", "table", "inet", TABLE], "")?;
     if check.trim().is_empty() {
         return Err(format!("nft did not load the saved table inet {TABLE}: {}", errors.trim()));
