@@ -1,7 +1,8 @@
 //! The status API: a unix socket, readable by root only, that serves one
 //! request per connection, and in test images a virtio-serial port that
 //! serves any number. Both are non-blocking and served from the main loop.
-//! Every request reads state except `isolate` and `release`.
+//! Every request reads state except `isolate`, `release` and the test
+//! requests `delete-link` and `firewall`.
 //! `status` and `audit` are served on the main loop, because each reads
 //! memory or a few small files. Probes, isolations, `delete-link` and
 //! `firewall` run on threads.
