@@ -43,10 +43,10 @@ pub mod probe;
 pub mod resolv;
 pub mod wireguard;
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::modules;
@@ -208,9 +208,10 @@ fn apply_firewall(plan: &NetworkPlan) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `command` with `input` on its standard input and returns its
-/// standard output, or an error with the program's standard error.
-pub fn run_with_input(command: &mut Command, input: &str) -> Result<String, String> {
+/// Starts `command` with piped standard streams, writes `input` to its
+/// standard input and closes it. Returns the child and the program's name
+/// for messages.
+pub fn spawn_with_input(command: &mut Command, input: &str) -> Result<(Child, String), String> {
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
         .stdin(Stdio::piped())
@@ -220,14 +221,32 @@ pub fn run_with_input(command: &mut Command, input: &str) -> Result<String, Stri
         .map_err(|error| format!("starting {program} failed: {error}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A program that exits early closes its input. Its exit status and
-        // standard error below give the reason.
+        // standard error give the reason.
         let _ = stdin.write_all(input.as_bytes());
     }
+    Ok((child, program))
+}
+
+/// Reads the standard output and error of `child` until it closes them.
+pub fn read_output(child: &mut Child) -> (String, String) {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (stdout, stderr)
+}
+
+/// Runs `command` with `input` on its standard input and returns its
+/// standard output, or an error with the program's standard error.
+pub fn run_with_input(command: &mut Command, input: &str) -> Result<String, String> {
+    let (child, program) = spawn_with_input(command, input)?;
     let output = child.wait_with_output().map_err(|error| format!("waiting for {program} failed: {error}"))?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let stderr: Vec<&str> = stderr.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
-        return Err(format!("{program} exited with {}: {}", output.status, stderr.join("; ")));
+        return Err(exit_error(&program, output.status, &String::from_utf8_lossy(&output.stderr)));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -238,20 +257,7 @@ pub fn run_with_input(command: &mut Command, input: &str) -> Result<String, Stri
 /// `timeout`. Its output must fit in a pipe buffer (64 KiB), because it is
 /// read after the exit.
 pub fn run_bounded(command: &mut Command, input: &str, timeout: Duration) -> Result<String, String> {
-    use std::io::Read;
-
-    let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("starting {program} failed: {error}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // As in run_with_input, the exit status gives the reason of a
-        // program that closed its input early.
-        let _ = stdin.write_all(input.as_bytes());
-    }
+    let (mut child, program) = spawn_with_input(command, input)?;
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -265,19 +271,18 @@ pub fn run_bounded(command: &mut Command, input: &str, timeout: Duration) -> Res
             Err(error) => return Err(format!("waiting for {program} failed: {error}")),
         }
     };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        let _ = pipe.read_to_string(&mut stdout);
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    let (stdout, stderr) = read_output(&mut child);
     if !status.success() {
-        let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
-        return Err(format!("{program} exited with {status}: {}", lines.join("; ")));
+        return Err(exit_error(&program, status, &stderr));
     }
     Ok(stdout)
+}
+
+/// Returns the error of a program that exited with `status`, with the
+/// non-empty lines of its standard error.
+fn exit_error(program: &str, status: ExitStatus, stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+    format!("{program} exited with {status}: {}", lines.join("; "))
 }
 
 /// Writes `value` to the sysctl `key` of the calling thread's network

@@ -10,12 +10,11 @@
 //! holds. The isolation lasts until the next boot, which applies the
 //! ruleset with an empty set.
 
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
-use super::NFT;
+use super::{read_output, spawn_with_input, NFT};
 use crate::net::{nftables, NetworkPlan};
 use crate::status::{IsolateReply, ISOLATE_REQUEST, RELEASE_REQUEST};
 
@@ -117,25 +116,8 @@ pub(super) fn run_nft(args: &[&str], input: &str) -> Result<(String, String), St
 /// read until the program closes them. Like [`run_nft`], it leaves the
 /// exit status to the main loop's reaper, so it is safe off the main loop.
 pub(super) fn run_unwaited(program: &str, args: &[&str], input: &str) -> Result<(String, String), String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("starting {program} failed: {error}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        let _ = pipe.read_to_string(&mut stdout);
-    }
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    Ok((stdout, stderr))
+    let (mut child, _) = spawn_with_input(Command::new(program).args(args), input)?;
+    Ok(read_output(&mut child))
 }
 
 /// Returns the addresses in the output of `nft -j list set`.
