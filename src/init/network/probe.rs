@@ -145,16 +145,7 @@ fn parse_firewall_words(line: &str) -> Result<bool, String> {
 /// (`load` true), and returns the reply line without its newline. Runs
 /// `nft`, so call it off the main loop.
 pub fn switch_firewall(load: bool) -> String {
-    let result = if load { load_saved_table() } else { save_and_delete_table() };
-    let reply = result.and_then(|()| {
-        let (listing, errors) = run_nft(&["-j", "list", "table", "inet", TABLE], "")?;
-        let rules = if listing.trim().is_empty() {
-            None
-        } else {
-            Some(count_rules(&listing).map_err(|error| format!("listing table inet {TABLE} failed: {error}; nft printed: {}", errors.trim()))?)
-        };
-        Ok(FirewallReply { loaded: rules.is_some(), rules: rules.unwrap_or(0) })
-    });
+    let reply = if load { load_saved_table() } else { save_and_delete_table() };
     let line = match reply {
         Ok(reply) => serde_json::to_string(&reply),
         Err(error) => {
@@ -166,7 +157,7 @@ pub fn switch_firewall(load: bool) -> String {
 }
 
 /// Lists the table, keeps the listing in [`SAVED_TABLE`] and deletes the table.
-fn save_and_delete_table() -> Result<(), String> {
+fn save_and_delete_table() -> Result<FirewallReply, String> {
     let mut saved = SAVED_TABLE.lock().map_err(|_| "the saved table is unreadable: a thread panicked holding it".to_string())?;
     if saved.is_some() {
         return Err("the firewall is already off; send firewall on first".into());
@@ -179,17 +170,16 @@ fn save_and_delete_table() -> Result<(), String> {
     let (_, errors) = run_nft(&["delete", "table", "inet", TABLE], "")?;
     // Report a table that is still there as an error, not as a firewall
     // that is off.
-    let (check, _) = run_nft(&["list", "table", "inet", TABLE], "")?;
-    if !check.trim().is_empty() {
+    if table_rules()?.is_some() {
         return Err(format!("nft did not delete table inet {TABLE}: {}", errors.trim()));
     }
     *saved = Some(listing);
-    Ok(())
+    Ok(FirewallReply { loaded: false, rules: 0 })
 }
 
 /// Loads the table that [`save_and_delete_table`] kept. When nft rejects
 /// it, the listing stays kept, so the request can be sent again.
-fn load_saved_table() -> Result<(), String> {
+fn load_saved_table() -> Result<FirewallReply, String> {
     let mut saved = SAVED_TABLE.lock().map_err(|_| "the saved table is unreadable: a thread panicked holding it".to_string())?;
     let Some(listing) = saved.as_ref() else {
         return Err("the firewall is not off; send firewall off first".into());
@@ -198,13 +188,23 @@ fn load_saved_table() -> Result<(), String> {
     // same transaction, so that no rule is ever loaded twice.
     let replace = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n{listing}");
     let (_, errors) = run_nft(&["-f", "-"], &replace)?;
-    let (check, _) = run_nft(&["list", "table", "inet", TABLE], "")?;
-    if check.trim().is_empty() {
+    let Some(rules) = table_rules()? else {
         return Err(format!("nft did not load the saved table inet {TABLE}: {}", errors.trim()));
-    }
+    };
     log::warn!("test probe: table inet {TABLE} loaded again on request of the status API");
     *saved = None;
-    Ok(())
+    Ok(FirewallReply { loaded: true, rules })
+}
+
+/// Returns the number of rules in the table, or None when it is not loaded.
+fn table_rules() -> Result<Option<usize>, String> {
+    let (listing, errors) = run_nft(&["-j", "list", "table", "inet", TABLE], "")?;
+    if listing.trim().is_empty() {
+        return Ok(None);
+    }
+    count_rules(&listing)
+        .map(Some)
+        .map_err(|error| format!("listing table inet {TABLE} failed: {error}; nft printed: {}", errors.trim()))
 }
 
 /// Counts the rules in the output of `nft -j list table`.
