@@ -24,12 +24,12 @@ mod harness;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harness::{boot_on_lan, free_port, image, output_of, probe, transfer, ProbeRequest, TestVm, BOOT_TIMEOUT};
+use harness::{boot_on_lan, free_port, image, output_of, probe, request_reply, transfer, ProbeRequest, TestVm, BOOT_TIMEOUT};
 use ztms::config::Proto;
 use ztms::net::wireguard::{key, REMOTE_INTERFACE, VPN_INTERFACE};
 use ztms::net::NetworkPlan;
 use ztms::run::vm::{LanBackend, LanLink};
-use ztms::status::{DeleteLinkReply, ErrorReply, FirewallReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST, FIREWALL_REQUEST};
+use ztms::status::{DeleteLinkReply, FirewallReply, ProbeOutcome, ProbeReply, DELETE_LINK_REQUEST, FIREWALL_REQUEST};
 
 /// Last byte of the appliance VM's LAN MAC address.
 const APPLIANCE_MAC_SUFFIX: u8 = 10;
@@ -198,22 +198,9 @@ fn frames_sent(pcap: &[u8], mac_suffix: u8, since: Duration) -> Sent {
 }
 
 /// Sends `line`, a request that images with `[debug] probe = true`
-/// serve, to the VM's status socket and returns the reply. Panics when the
-/// appliance rejects the request.
+/// serve, and returns the reply. Panics when the appliance rejects it.
 fn debug_request<T: serde::de::DeserializeOwned>(vm: &TestVm, line: &str) -> T {
-    use std::io::{BufRead, BufReader, Write};
-
-    let mut stream = std::os::unix::net::UnixStream::connect(&vm.paths.status).expect("connect to the status port");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    stream.write_all(format!("{line}\n").as_bytes()).unwrap_or_else(|e| panic!("sending {line:?} failed: {e}"));
-    let mut reply = String::new();
-    let count = reader.read_line(&mut reply).unwrap_or_else(|e| panic!("reading the reply to {line:?} failed: {e}"));
-    assert!(count > 0, "status port closed before the reply to {line:?}");
-    if let Ok(error) = serde_json::from_str::<ErrorReply>(&reply) {
-        panic!("request {line:?} rejected: {}", error.error);
-    }
-    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("unexpected reply to {line:?}: {e}: {reply}"))
+    request_reply(vm, line, Duration::from_secs(30), |_: &T| true)
 }
 
 /// Deletes `interface` inside the VM with a `delete-link` request.

@@ -303,12 +303,22 @@ pub fn postgres_login(vm: &Vm, service: &str, address: std::net::Ipv4Addr, port:
 /// `service` to `address:port`. Run no other probe to the same target at
 /// the same time, because its reply would match too.
 fn single_probe(vm: &Vm, request: &str, service: &str, address: std::net::Ipv4Addr, port: u16, timeout: Duration) -> ztms::status::ProbeReply {
+    request_reply(vm, request, timeout, |reply: &ztms::status::ProbeReply| {
+        reply.service == service && reply.address == address && reply.port == port
+    })
+}
+
+/// Sends `request`, one line, to the status port of a VM whose image has
+/// `[debug] probe = true`, and returns the first reply line that parses as
+/// `T` and that `accept` takes, waiting up to `timeout` for each line.
+/// Panics when the appliance rejects the request.
+pub fn request_reply<T: serde::de::DeserializeOwned>(vm: &Vm, request: &str, timeout: Duration, accept: impl Fn(&T) -> bool) -> T {
     use std::io::{BufRead, BufReader, Write};
 
     let mut stream = std::os::unix::net::UnixStream::connect(&vm.paths.status).expect("connect to the status port");
     stream.set_read_timeout(Some(timeout)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    stream.write_all(format!("{request}\n").as_bytes()).expect("send the probe request");
+    stream.write_all(format!("{request}\n").as_bytes()).unwrap_or_else(|e| panic!("sending {request:?} failed: {e}"));
     loop {
         let mut line = String::new();
         let count = reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading the reply to {request:?} failed: {e}"));
@@ -316,8 +326,8 @@ fn single_probe(vm: &Vm, request: &str, service: &str, address: std::net::Ipv4Ad
         if let Ok(error) = serde_json::from_str::<ztms::status::ErrorReply>(&line) {
             panic!("request {request:?} rejected: {}", error.error);
         }
-        if let Ok(reply) = serde_json::from_str::<ztms::status::ProbeReply>(&line) {
-            if reply.service == service && reply.address == address && reply.port == port {
+        if let Ok(reply) = serde_json::from_str::<T>(&line) {
+            if accept(&reply) {
                 return reply;
             }
         }
